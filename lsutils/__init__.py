@@ -1,0 +1,3 @@
+"""lsutils: loss-landscape convergence in low-dimensional Hessian subspaces."""
+
+__version__ = "0.1.0"
