@@ -513,6 +513,7 @@ def run_delta(
     subspace: Subspace | None = None,
     progressbar: bool = False,
     losses_out: dict[str, Any] | None = None,
+    terms: TaylorTerms | None = None,
 ) -> DeltaResult:
     """Run the whole Delta_k measurement for one setting.
 
@@ -534,6 +535,10 @@ def run_delta(
     losses_out
         If a dict is given, the loss matrix, theta and Taylor terms are stored
         in it (for notebooks that inspect them).
+    terms
+        Reuse per-sample Taylor terms computed in ``subspace`` (before it is
+        cut to ``config.d``): the terms of the leading ``d`` directions are the
+        leading blocks, so one computation serves every smaller ``d``.
 
     Returns
     -------
@@ -557,8 +562,12 @@ def run_delta(
     subspace = _cut(subspace, config.d)
     X, y = prepared.train.X, prepared.train.y
 
-    terms = None
-    if subspace.basis is not None:
+    if subspace.basis is None:
+        terms = None
+    elif terms is not None and terms.d >= config.d and len(terms) == config.m:
+        d = config.d
+        terms = TaylorTerms(terms.loss, terms.grad[:, :d], terms.hess[:, :d, :d])
+    else:
         t = time.perf_counter()
         terms = taylor_terms(prepared.model, subspace, X, y, progressbar=progressbar)
         timings["taylor"] = time.perf_counter() - t

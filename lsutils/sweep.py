@@ -57,6 +57,7 @@ from lsutils.study import (
     prepare,
     run_delta,
 )
+from lsutils.taylor import TaylorTerms, taylor_terms
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -230,6 +231,7 @@ class _Cache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.prepared: dict[str, Prepared] = {}
         self.subspaces: dict[str, Subspace] = {}
+        self.terms: dict[str, TaylorTerms] = {}
         # The Hessian subspace of a network is computed once with the largest
         # d any cell asks of it; smaller d take its leading rows.
         self.d_max: dict[str, int] = {}
@@ -244,6 +246,7 @@ class _Cache:
             # those sharing a network mostly run together.
             self.prepared.clear()
             self.subspaces.clear()
+            self.terms.clear()
             self.prepared[key] = prepare(config, progressbar=progressbar)
         return self.prepared[key]
 
@@ -266,6 +269,19 @@ class _Cache:
                     torch.save(dataclasses.asdict(sub), path)
                 self.subspaces[name] = sub
         return self.subspaces[name]
+
+    def get_terms(
+        self, config: StudyConfig, prepared: Prepared, sub: Subspace
+    ) -> TaylorTerms | None:
+        """Taylor terms of the shared Hessian subspace (``None`` for others)."""
+        if sub.kind != "hessian":
+            return None
+        key = _model_key(config)
+        if key not in self.terms:
+            self.terms[key] = taylor_terms(
+                prepared.model, sub, prepared.train.X, prepared.train.y
+            )
+        return self.terms[key]
 
 
 def _log_grid(k: np.ndarray, n: int) -> np.ndarray:
@@ -437,7 +453,8 @@ def run_sweep(
         try:
             prepared = cache.get_prepared(cfg, progressbar=False)
             sub = cache.get_subspace(cfg, prepared)
-            result = run_delta(cfg, prepared=prepared, subspace=sub)
+            terms = cache.get_terms(cfg, prepared, sub)
+            result = run_delta(cfg, prepared=prepared, subspace=sub, terms=terms)
             rec = _cell_record(
                 grid,
                 cid,

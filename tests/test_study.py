@@ -62,6 +62,20 @@ def test_run_delta_is_deterministic(tiny_prepared):
     np.testing.assert_array_equal(a.taylor.value, b.taylor.value)
 
 
+def test_reused_terms_equal_fresh_terms(tiny_prepared):
+    from lsutils.study import make_subspace
+    from lsutils.taylor import taylor_terms
+
+    cfg = StudyConfig(**TINY)
+    sub4 = make_subspace(tiny_prepared, "hessian", 4)
+    X, y = tiny_prepared.train.X, tiny_prepared.train.y
+    terms4 = taylor_terms(tiny_prepared.model, sub4, X, y)
+    fresh = run_delta(cfg, prepared=tiny_prepared, subspace=sub4)
+    reused = run_delta(cfg, prepared=tiny_prepared, subspace=sub4, terms=terms4)
+    np.testing.assert_allclose(reused.taylor.value, fresh.taylor.value, rtol=1e-10)
+    np.testing.assert_array_equal(reused.mc.value, fresh.mc.value)
+
+
 @pytest.mark.parametrize("sampler", ["random", "full", "ball", "curvature", "sobol"])
 def test_every_sampler_runs(tiny_prepared, sampler):
     cfg = StudyConfig(**{**TINY, "sampler": sampler})
