@@ -430,7 +430,7 @@ def run_sweep(
     str
         A one-paragraph summary: cells run, skipped, failed, time, paths.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
