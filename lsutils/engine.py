@@ -71,7 +71,7 @@ from itertools import accumulate
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lsutils._checks import (
     check_choice,

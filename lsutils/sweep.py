@@ -264,7 +264,10 @@ class _Cache:
             if path.exists():
                 self.subspaces[name] = Subspace(**torch.load(path, weights_only=True))
             else:
-                sub = make_subspace(prepared, kind, d, seed=config.seed)
+                # One data chunk: the gradient graph is built once and reused by
+                # every Hessian-vector product (about twice as fast at m=8000).
+                extra = {"chunk_size": config.m} if kind == "hessian" else {}
+                sub = make_subspace(prepared, kind, d, seed=config.seed, **extra)
                 if kind == "hessian":
                     torch.save(dataclasses.asdict(sub), path)
                 self.subspaces[name] = sub
