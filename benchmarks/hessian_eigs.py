@@ -30,10 +30,13 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
 import os
 import platform
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,6 +106,41 @@ def best_of(runs):
     return (min(r[0] for r in runs), *runs[-1][1:])
 
 
+def write_json(args, rows, headline, n_params, accuracy) -> None:
+    """Write the settings and per-m rows, for chapter 3 to display."""
+    out = {
+        "command": "python benchmarks/hessian_eigs.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_end": os.getloadavg()[0],
+        "model": f"MLP 784-128-10, N={n_params}, test accuracy {accuracy:.3f}",
+        "top_n": D,
+        "headline_m": headline,
+        "rows": [
+            {
+                "m": r["m"],
+                "lsutils_f32_seconds": r["lt"],
+                "lsutils_f32_products": r["ln"],
+                "lsutils_f32_max_residual": float(r["lr"].max()),
+                "lsutils_f64_seconds": r["ft"],
+                "lsutils_f64_max_residual": float(r["fr"].max()),
+                "pyhessian_seconds": r["pt"],
+                "pyhessian_products": r["pn"],
+                "pyhessian_max_residual": float(r["pr"].max()),
+                "speedup": r["pt"] / r["lt"],
+                "lsutils_eigenvalues": [float(v) for v in r["lv"]],
+                "pyhessian_eigenvalues": [float(v) for v in r["pv"]],
+            }
+            for r in rows
+        ],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.json}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (small m)")
@@ -115,6 +153,13 @@ def main() -> None:
         default=1,
         help="torch threads for both libraries (default 1: on a shared machine "
         "two-thread timings of either library vary tenfold from run to run)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the tables to this JSON file (chapter 3 reads "
+        "benchmarks/results/hessian_eigs.json)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,6 +253,8 @@ def main() -> None:
             f"| {r['pr'].max():.1e} | {r['pt'] / r['lt']:.1f}x |"
         )
     r = next(r for r in rows if r["m"] == headline)
+    if args.json is not None:
+        write_json(args, rows, headline, n_params, res.test_accuracy)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(
         f"speedup_vs_pyhessian={r['pt'] / r['lt']:.2f} max_residual={r['lr'].max():.2e}"
