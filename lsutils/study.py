@@ -60,6 +60,7 @@ __all__ = [
     "Prepared",
     "StudyConfig",
     "config_for_scale",
+    "draw_theta",
     "make_subspace",
     "prepare",
     "run_delta",
