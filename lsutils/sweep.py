@@ -401,13 +401,18 @@ def _rebuild_tables(out: Path, spec: SweepSpec) -> tuple[int, int]:
             continue
         n_ok += 1
         cv = rec["curve"]
+        # Each curve row names its setting, so curves.csv reads on its own.
+        label = {
+            key: rec["config"][key] for key in ("dataset", "model", "d", "sampler")
+        }
         for i, k in enumerate(cv["k"]):
-            curves.append({"cell": cid, "k": k, **{
+            curves.append({"cell": cid, **label, "k": k, **{
                 name: cv[name][i]
                 for name in ("delta_mc", "delta_mc_se", "delta_taylor", "bound")
             }})  # fmt: skip
     _write_csv(out / "results.csv", RESULT_COLUMNS, rows)
-    cols = ("cell", "k", "delta_mc", "delta_mc_se", "delta_taylor", "bound")
+    cols = ("cell", "dataset", "model", "d", "sampler", "k", "delta_mc",
+            "delta_mc_se", "delta_taylor", "bound")  # fmt: skip
     _write_csv(out / "curves.csv", cols, curves)
     return n_ok, n_failed
 

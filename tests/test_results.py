@@ -78,7 +78,7 @@ def test_load_run_counts_and_types(tiny_run):
     text = run.provenance("tiny.yaml")
     assert "tiny.yaml" in text and "7 of 7" in text
     assert f"torch {run.versions['torch']}" in text
-    assert "date and commit not recorded" in text
+    assert f"commit {run.versions['commit']}" in text and "date 20" in text
 
 
 def test_curves_equal_cell_files(tiny_run):
