@@ -51,6 +51,20 @@ _COMMON: tuple[type[nn.Module], ...] = (
     nn.Flatten,
     nn.Dropout,
 )
+# DiagGGNExact and SqrtGGNExact share one registry in BackPACK 1.7.1.
+_EXACT_GGN = (
+    *_COMMON,
+    nn.Conv1d,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.LogSigmoid,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.Identity,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+)
 BACKPACK_LAYERS: dict[str, tuple[type[nn.Module], ...]] = {
     "DiagHessian": (
         *_COMMON,
@@ -62,32 +76,8 @@ BACKPACK_LAYERS: dict[str, tuple[type[nn.Module], ...]] = {
         nn.MaxPool1d,
         nn.AvgPool1d,
     ),
-    "DiagGGNExact": (
-        *_COMMON,
-        nn.Conv1d,
-        nn.LeakyReLU,
-        nn.ELU,
-        nn.SELU,
-        nn.LogSigmoid,
-        nn.MaxPool1d,
-        nn.AvgPool1d,
-        nn.Identity,
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-    ),
-    "SqrtGGNExact": (
-        *_COMMON,
-        nn.Conv1d,
-        nn.LeakyReLU,
-        nn.ELU,
-        nn.SELU,
-        nn.LogSigmoid,
-        nn.MaxPool1d,
-        nn.AvgPool1d,
-        nn.Identity,
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-    ),
+    "DiagGGNExact": _EXACT_GGN,
+    "SqrtGGNExact": _EXACT_GGN,
     "HMP": (*_COMMON, nn.BatchNorm1d),
 }
 """Layer types that BackPACK 1.7.1 extends, per extension (a subset of its
