@@ -51,7 +51,7 @@ _COMMON: tuple[type[nn.Module], ...] = (
     nn.Flatten,
     nn.Dropout,
 )
-# DiagGGNExact and SqrtGGNExact share one registry in BackPACK 1.7.1.
+# DiagGGNExact and SqrtGGNExact extend the same layer types in BackPACK 1.7.1.
 _EXACT_GGN = (
     *_COMMON,
     nn.Conv1d,
