@@ -58,6 +58,7 @@ __all__ = [
     "fit_slope",
     "KStar",
     "sufficient_size",
+    "window_complete",
 ]
 
 # Work arrays of the vectorised passes are kept under this many float64 entries.
@@ -874,6 +875,11 @@ class KStar:
         that share of orderings never reaches the threshold).
     window
         The ``window`` argument (``None``: until ``2 k``, at least 10 more).
+    window_complete
+        Whether the whole window after ``k_star`` lies on the curve
+        (``k_star + window <= m``); ``False`` means the check was cut at ``m``
+        and ``k_star`` says that ``m`` is too small to decide. ``None`` when
+        not reached. See :func:`window_complete`.
     k_extrapolated
         When not reached: where the power-law fit of the tail crosses the
         threshold (``None`` if it cannot be extrapolated).
@@ -893,9 +899,46 @@ class KStar:
     ordering_p10: float
     ordering_p90: float
     window: int | None
+    window_complete: bool | None
     k_extrapolated: float | None
     fit: SlopeFit | None
     reason: str
+
+
+def window_complete(k_star: int, m: int, window: int | None = None) -> bool:
+    """Whether the stability window after ``k_star`` fits inside ``m`` samples.
+
+    :func:`sufficient_size` checks ``Delta_k`` on ``[k*, min(m, k* + w)]``,
+    with ``w = max(10, k*)`` by default or a fixed ``window``. When
+    ``k* + w > m`` the check was cut short and ``k*`` is only a lower limit
+    of what a larger data set would show.
+
+    Parameters
+    ----------
+    k_star
+        The sufficient size found (``>= 1``).
+    m
+        The number of samples of the curve (its last ``k``).
+    window
+        The ``window`` given to :func:`sufficient_size`.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> window_complete(100, 1000), window_complete(600, 1000)
+    (True, False)
+    >>> window_complete(600, 1000, window=50)
+    True
+    """
+    k_star = check_int_range("k_star", k_star, 1)
+    m = check_int_range("m", m, 1)
+    if window is not None:
+        window = check_int_range("window", window, 0, hint="or None for k -> 2k")
+    w = max(10, k_star) if window is None else window
+    return k_star + w <= m
 
 
 def _first_stable(
@@ -933,7 +976,7 @@ def sufficient_size(
     (the estimate must stay below until the dataset has doubled, and for at
     least 10 more samples) or a fixed number of samples. Near the end of the
     curve the window is cut at ``m``, so a ``k*`` close to ``m`` rests on fewer
-    points.
+    points; ``KStar.window_complete`` says whether that happened.
 
     Uncertainty: ``k_lo`` and ``k_hi`` apply the same rule to the band
     ``value -+ z se`` (Monte Carlo error over ``theta``), and the rule applied
@@ -995,11 +1038,17 @@ def sufficient_size(
     )
     fit = None
     k_ext = None
+    complete = None
     if k_star is not None:
+        complete = window_complete(k_star, int(k[-1]), window)
         reason = (
             f"Delta_k <= {threshold:.3g} for every k in [k*, k* + window] "
             f"({rule}) first at k* = {k_star}"
         )
+        if not complete:
+            reason += (
+                f"; the window is cut at m = {k[-1]}, so m is too small to confirm it"
+            )
     else:
         below = np.flatnonzero(v <= threshold)
         reason = (
@@ -1037,6 +1086,7 @@ def sufficient_size(
         ordering_p10=float(p10),
         ordering_p90=float(p90),
         window=window,
+        window_complete=complete,
         k_extrapolated=k_ext,
         fit=fit,
         reason=reason,

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from backpack import backpack, extend
 from backpack.extensions import DiagGGNExact, DiagHessian, SqrtGGNExact
+from curvlinops import GGNLinearOperator
 from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ from lsutils.hessian import (
 from lsutils.models import check_backpack_extendable
 from lsutils.params import ParamSpec
 
-__all__ = ["diag_ggn", "diag_hessian", "ggn_top_eigenpairs", "MAX_GRAM"]
+__all__ = ["diag_ggn", "diag_hessian", "ggn_operator", "ggn_top_eigenpairs", "MAX_GRAM"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,64 @@ def _sqrt_blocks(
         yield (torch.cat(cols, dim=2).flatten(end_dim=1) * weight**0.5).T.detach()
 
 
+def ggn_operator(
+    model: nn.Module, X: Tensor, y: Tensor, chunk_size: int = 2048
+) -> GGNLinearOperator:
+    r"""The GGN of the mean cross-entropy as a matrix-free curvlinops operator.
+
+    Each product ``G v = (1/m) sum_i J_i^T (nabla_f^2 l_i) J_i v`` is one
+    Jacobian-vector product, one softmax-Hessian product and one
+    vector-Jacobian product per chunk (``torch.func``, through
+    ``curvlinops.GGNLinearOperator``), so memory stays flat in ``m``. It runs
+    on a float64 deep copy of the model in eval mode.
+
+    Parameters
+    ----------
+    model, X, y
+        Network and data (``m`` samples).
+    chunk_size
+        Samples per chunk (``>= 1``).
+
+    Returns
+    -------
+    curvlinops.GGNLinearOperator
+        ``op @ v`` takes and returns flat float64 tensors in
+        :class:`~lsutils.params.ParamSpec` order; ``op.to_scipy()`` gives a
+        SciPy operator.
+
+    Examples
+    --------
+    For a linear network the GGN is the Hessian:
+
+    >>> from lsutils.hessian import hvp_operator
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(3, 2)).double()
+    >>> X, y = torch.randn(8, 3, dtype=torch.float64), torch.arange(8) % 2
+    >>> v = torch.randn(8, dtype=torch.float64)
+    >>> Gv = ggn_operator(model, X, y) @ v
+    >>> bool(torch.allclose(Gv, hvp_operator(model, X, y).hvp(v)))
+    True
+    """
+    check_data(X, y)
+    chunk_size = check_int_range("chunk_size", chunk_size, 1)
+    check_params_used_by_loss(model, X, y)
+    net = copy.deepcopy(model).to(torch.float64).eval()
+    names = ParamSpec.from_module(model).names
+    params = dict(net.named_parameters())
+    data = [
+        (Xc.to(torch.float64), yc)
+        for Xc, yc in zip(X.split(chunk_size), y.split(chunk_size), strict=True)
+    ]
+    return GGNLinearOperator(
+        net,
+        nn.CrossEntropyLoss(reduction="mean"),
+        [params[name] for name in names],
+        data,
+        check_deterministic=False,  # eval mode, fixed chunks: nothing random
+        num_data=int(X.shape[0]),
+    )
+
+
 def ggn_top_eigenpairs(
     model: nn.Module,
     X: Tensor,
@@ -190,9 +249,8 @@ def ggn_top_eigenpairs(
       eigendecompose the smaller of ``V^T V`` (then ``u = V a / sqrt(lambda)``)
       and ``V V^T``;
     * if ``V`` fits but is large, Lanczos on ``v -> V (V^T v)``;
-    * otherwise Lanczos on the same product with ``V`` recomputed chunk by
-      chunk at every product (flat memory, one BackPACK pass over the data per
-      product, so slow).
+    * otherwise Lanczos on the matrix-free product of :func:`ggn_operator`
+      (flat memory; each product costs about two Hessian-vector products).
 
     Parameters
     ----------
@@ -206,7 +264,8 @@ def ggn_top_eigenpairs(
         Relative accuracy for Lanczos (unused by the dense route).
     chunk_size
         Samples per BackPACK pass (lowered automatically so that one chunk's
-        ``V_c`` fits in ``memory_budget``).
+        ``V_c`` fits in ``memory_budget``), or per chunk of the matrix-free
+        product.
     seed
         Seed of the Lanczos starting vector.
     memory_budget
@@ -239,6 +298,7 @@ def ggn_top_eigenpairs(
     )
     n_cols = m * n_classes
     bytes_v = 8 * n_params * n_cols
+    free_chunk = chunk_size  # the matrix-free route stores no V_c
     chunk_size = max(1, min(chunk_size, memory_budget // (8 * n_params * n_classes)))
     n_matvec = 0
 
@@ -263,19 +323,15 @@ def ggn_top_eigenpairs(
         else:
             route = "lanczos"
     else:
-        route = "lanczos, recomputed"
-        warnings.warn(
-            f"V would take {bytes_v / 2**30:.2f} GiB > memory_budget="
-            f"{memory_budget / 2**30:.2f} GiB, so every GGN product recomputes it "
-            "with a BackPACK pass over all data (slow); raise memory_budget or use "
-            "fewer samples to store V",
-            stacklevel=2,
-        )
+        route = "lanczos, matrix-free"
+        logger.info(
+            "V would take %.2f GiB > memory_budget=%.2f GiB: GGN products are "
+            "matrix-free (curvlinops)", bytes_v / 2**30, memory_budget / 2**30,
+        )  # fmt: skip
+        ggn_op = ggn_operator(model, X, y, chunk_size=free_chunk)
 
-        # Known limitation: one BackPACK pass over all data per product (slow);
-        # a torch.func GGN-vector product would be cheaper but not from S_i.
         def apply(v: Tensor) -> Tensor:
-            return sum(Vc @ (Vc.T @ v) for Vc in _sqrt_blocks(net, X, y, chunk_size))
+            return ggn_op @ v
 
     if route != "dense":
         counter = [0]

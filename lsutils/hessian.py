@@ -98,6 +98,7 @@ __all__ = [
     # BackPACK routes (lsutils.ggn)
     "diag_ggn",  # noqa: F822 (lazy re-export, see __getattr__)
     "diag_hessian",  # noqa: F822
+    "ggn_operator",  # noqa: F822
     "ggn_top_eigenpairs",  # noqa: F822
 ]
 
@@ -562,7 +563,7 @@ def explicit_hessian(model: nn.Module, X: Tensor, y: Tensor) -> Tensor:
         return torch.autograd.functional.hessian(loss, w0).detach()
 
 
-_GGN_NAMES = ("diag_ggn", "diag_hessian", "ggn_top_eigenpairs")
+_GGN_NAMES = ("diag_ggn", "diag_hessian", "ggn_operator", "ggn_top_eigenpairs")
 
 
 def __getattr__(name: str) -> object:

@@ -84,6 +84,8 @@ _FLOAT_COLUMNS = frozenset(
     | {"train_loss", "top_eigenvalue", "seconds"}
 )
 _BOOL_COLUMNS = frozenset({"k_star_reached"})
+# booleans that are empty when they do not apply (no k* reached)
+_OPTIONAL_BOOL_COLUMNS = frozenset({"k_star_window_complete"})
 _CURVE_COLUMNS = ("cell", "k", "delta_mc", "delta_mc_se", "delta_taylor", "bound")
 
 
@@ -95,7 +97,8 @@ def _parse(column: str, text: str) -> Any:
     """Convert one CSV field of ``results.csv`` to its Python type.
 
     Empty integer fields become ``None``, empty float fields ``nan``, empty
-    booleans ``False``; text columns stay strings.
+    booleans ``False`` (``None`` for ``k_star_window_complete``); text columns
+    stay strings.
     """
     if column in _INT_COLUMNS:
         return None if text == "" else int(float(text))
@@ -103,6 +106,8 @@ def _parse(column: str, text: str) -> Any:
         return math.nan if text == "" else float(text)
     if column in _BOOL_COLUMNS:
         return text.strip().lower() == "true"
+    if column in _OPTIONAL_BOOL_COLUMNS:
+        return None if text.strip() == "" else text.strip().lower() == "true"
     return text
 
 
@@ -120,7 +125,8 @@ def read_results(path: Path | str) -> list[dict[str, Any]]:
         Keys are :data:`lsutils.sweep.RESULT_COLUMNS`. Integers (``m``, ``d``,
         ``k_star``, ...) are ``int`` or ``None`` when empty (for instance
         ``k_star`` when the threshold was not reached), floats are ``float``
-        with ``nan`` when empty, ``k_star_reached`` is ``bool``.
+        with ``nan`` when empty, ``k_star_reached`` is ``bool`` and
+        ``k_star_window_complete`` is ``bool`` or ``None`` (no ``k*``).
 
     Raises
     ------
@@ -550,17 +556,23 @@ def format_k_star(row: Mapping[str, Any], with_bound: bool = False) -> str:
     r"""``k*`` of a row with its band, or why it is missing.
 
     ``"249 [175, 249]"`` when reached (band from :math:`\pm 2` standard
-    errors; ``"?"`` for an end of the band that is not reached),
-    ``"> 1000 (~3162)"`` when not reached within ``m`` but extrapolated by the
-    power-law fit, ``"> 1000"`` otherwise, and ``"failed"`` for a failed cell.
-    With ``with_bound=True`` the curvature bound :math:`\sqrt{C/\Delta}` is
-    appended as ``"; bound 2270"`` where the cell has one.
+    errors; ``"?"`` for an end of the band that is not reached; followed by
+    ``" (window cut at m)"`` when the stability window after ``k*`` did not fit
+    in ``m`` samples), ``"> 1000 (~3162)"`` when not reached within ``m`` but
+    extrapolated by the power-law fit, ``"> 1000"`` otherwise, and
+    ``"failed"`` for a failed cell. With ``with_bound=True`` the curvature
+    bound :math:`\sqrt{C/\Delta}` is appended as ``"; bound 2270"`` where the
+    cell has one.
 
     Examples
     --------
     >>> format_k_star({"status": "ok", "k_star_reached": True, "k_star": 249,
     ...                "k_star_lo": 175, "k_star_hi": None, "m": 1000})
     '249 [175, ?]'
+    >>> format_k_star({"status": "ok", "k_star_reached": True, "k_star": 700,
+    ...                "k_star_lo": 650, "k_star_hi": 800, "m": 1000,
+    ...                "k_star_window_complete": False})
+    '700 [650, 800] (window cut at m)'
     """
     if row.get("status") != "ok":
         return "failed"
@@ -571,7 +583,8 @@ def format_k_star(row: Mapping[str, Any], with_bound: bool = False) -> str:
     if row.get("k_star_reached"):
         lo, hi = (row.get(c) for c in ("k_star_lo", "k_star_hi"))
         band = ", ".join("?" if b is None else str(b) for b in (lo, hi))
-        return f"{row['k_star']} [{band}]{extra}"
+        cut = " (window cut at m)" if row.get("k_star_window_complete") is False else ""
+        return f"{row['k_star']} [{band}]{cut}{extra}"
     ext = row.get("k_star_extrapolated")
     tail = f" (~{ext:.0f})" if isinstance(ext, float) and math.isfinite(ext) else ""
     return f"> {row.get('m')}{tail}{extra}"

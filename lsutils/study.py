@@ -400,6 +400,7 @@ class DeltaResult:
             "k_star_lo": ks.k_lo,
             "k_star_hi": ks.k_hi,
             "k_star_reached": ks.reached,
+            "k_star_window_complete": ks.window_complete,
             "k_star_extrapolated": ks.k_extrapolated,
             "k_star_bound": self.k_star_bound,
             "bound_constant": None if self.bound is None else self.bound.C,

@@ -46,7 +46,7 @@ import torch
 import yaml
 
 from lsutils._checks import check_positive_float
-from lsutils.delta import sufficient_size
+from lsutils.delta import sufficient_size, window_complete
 from lsutils.projection import Subspace
 from lsutils.study import (
     SAMPLERS,
@@ -75,8 +75,9 @@ _TOP_KEYS = {"description", "base", "thresholds", "grids", "curve_points"}
 RESULT_COLUMNS = (
     "grid", "cell", "dataset", "model", "hidden", "width", "depth", "channels",
     "m", "d", "sampler", "sigma", "samples", "orderings", "seed", "threshold",
-    "k_star", "k_star_lo", "k_star_hi", "k_star_reached", "k_star_extrapolated",
-    "k_star_bound", "slope", "slope_se", "mc_over_taylor", "delta_at_100",
+    "k_star", "k_star_lo", "k_star_hi", "k_star_reached",
+    "k_star_window_complete", "k_star_extrapolated", "k_star_bound", "slope",
+    "slope_se", "mc_over_taylor", "delta_at_100",
     "test_accuracy", "train_loss", "top_eigenvalue", "seconds", "status",
 )  # fmt: skip
 
@@ -353,7 +354,9 @@ def _cell_record(
         rows.append({
             **common, "threshold": thr, "k_star": ks.k_star,
             "k_star_lo": ks.k_lo, "k_star_hi": ks.k_hi,
-            "k_star_reached": ks.reached, "k_star_extrapolated": ks.k_extrapolated,
+            "k_star_reached": ks.reached,
+            "k_star_window_complete": ks.window_complete,
+            "k_star_extrapolated": ks.k_extrapolated,
             "k_star_bound": None if kb is None else float(kb),
         })  # fmt: skip
     idx = _log_grid(mc.k, curve_points)
@@ -395,6 +398,11 @@ def _rebuild_tables(out: Path, spec: SweepSpec) -> tuple[int, int]:
         if not path.exists():
             continue
         rec = json.loads(path.read_text())
+        for row in rec["rows"]:
+            ks = row.get("k_star")
+            if "k_star_window_complete" not in row and ks not in (None, ""):
+                # cells written before the column existed (same default rule)
+                row["k_star_window_complete"] = window_complete(int(ks), int(row["m"]))
         rows.extend(rec["rows"])
         if rec["curve"] is None:
             n_failed += 1

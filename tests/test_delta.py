@@ -22,6 +22,7 @@ from lsutils.delta import (
     loss_difference_bound,
     orderings,
     sufficient_size,
+    window_complete,
 )
 from lsutils.sampling import draw
 from lsutils.taylor import TaylorTerms
@@ -411,6 +412,24 @@ def test_sufficient_size_known_answers() -> None:
     # band: 1.2 * 100 / k^2 <= 0.01 from k = 110, 0.8 * 100 / k^2 from k = 90
     res = sufficient_size(_curve(value, se=0.1 * value), 1e-2, z=2.0)
     assert (res.k_lo, res.k_star, res.k_hi) == (90, 100, 110)
+
+
+def test_sufficient_size_window_complete() -> None:
+    k = np.arange(2, 1001).astype(float)
+    value = 100.0 / k**2
+    res = sufficient_size(_curve(value), 1e-2)  # k* = 100, window to 200
+    assert res.window_complete is True and "cut at m" not in res.reason
+    # k* = 633 (100 / 633^2 < 2.5e-4): doubling needs 1266 > m = 1000
+    res = sufficient_size(_curve(value), 2.5e-4)
+    assert res.k_star == 633 and res.window_complete is False
+    assert "the window is cut at m = 1000" in res.reason
+    assert sufficient_size(_curve(value), 2.5e-4, window=300).window_complete
+    assert sufficient_size(_curve(value), 1e-9).window_complete is None
+    assert window_complete(500, 1000) and not window_complete(501, 1000)
+    assert window_complete(5, 15) and not window_complete(5, 14)  # at least 10
+    for bad in ({"k_star": 0, "m": 10}, {"k_star": 1, "m": 10, "window": -1}):
+        with pytest.raises(ValueError, match="is out of range"):
+            window_complete(**bad)
 
 
 def test_sufficient_size_per_ordering_spread() -> None:

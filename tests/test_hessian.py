@@ -18,6 +18,7 @@ from torch.func import functional_call, jacrev
 from torch.nn import functional as F
 
 from lsutils import ggn as ggn_module
+from lsutils.ggn import ggn_operator
 from lsutils.hessian import (
     diag_ggn,
     diag_hessian,
@@ -341,8 +342,28 @@ def test_ggn_top_eigenpairs_lanczos_routes(monkeypatch: pytest.MonkeyPatch) -> N
     model, X, y = CASES["cnn"][0](), *_data((1, 6, 6))
     monkeypatch.setattr(ggn_module, "MAX_GRAM", 0)
     _check_ggn_pairs(model, X, y)  # V stored, Lanczos on V (V^T v)
-    with pytest.warns(UserWarning, match="every GGN product recomputes it"):
-        _check_ggn_pairs(model, X, y, memory_budget=8 * 119 * C * 4)
+    # V over budget: matrix-free curvlinops products, several chunks
+    _check_ggn_pairs(model, X, y, memory_budget=8 * 119 * C * 4, chunk_size=3)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 2048])
+def test_ggn_operator_matches_explicit(case, chunk_size: int) -> None:
+    model, X, y = case
+    G = _explicit_ggn(model, X, y)
+    op = ggn_operator(model, X, y, chunk_size=chunk_size)
+    V = torch.randn(
+        G.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    np.testing.assert_allclose((op @ V).numpy(), (G @ V).numpy(), rtol=1e-9, atol=1e-12)
+    assert op.to_scipy().shape == G.shape
+
+
+def test_ggn_operator_bad_input() -> None:
+    model, X, y = CASES["cnn"][0](), *_data((1, 6, 6))
+    with pytest.raises(ValueError, match="chunk_size=0 is out of range"):
+        ggn_operator(model, X, y, chunk_size=0)
+    with pytest.raises(ValueError, match=r"same number \(>= 1\) of samples"):
+        ggn_operator(model, X, y[:-1])
 
 
 def test_ggn_and_hessian_subspaces_coincide_for_linear_model() -> None:

@@ -99,6 +99,12 @@ def test_empty_fields_become_none_or_nan(tiny_run):
     assert all(r["width"] is not None for r in run.rows)
     unreached = [r for r in run.rows if not r["k_star_reached"]]
     assert all(r["k_star"] is None for r in unreached)
+    assert all(r["k_star_window_complete"] is None for r in unreached)
+    reached = [r for r in run.rows if r["k_star_reached"]]
+    assert reached and all(
+        r["k_star_window_complete"] == (r["k_star"] + max(10, r["k_star"]) <= r["m"])
+        for r in reached
+    )
 
 
 def test_partial_and_missing_runs(tiny_run, tmp_path):
@@ -200,6 +206,12 @@ def test_format_k_star():
         "200 [100, 300]; bound 2270"
     )
     assert results.format_k_star(bounded) == "200 [100, 300]"
+    assert results.format_k_star(reached | {"k_star_window_complete": False}) == (
+        "200 [100, 300] (window cut at m)"
+    )
+    assert results.format_k_star(reached | {"k_star_window_complete": True}) == (
+        "200 [100, 300]"
+    )
 
 
 def test_markdown_table_errors():
