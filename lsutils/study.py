@@ -33,20 +33,11 @@ from lsutils._checks import (
     check_int_range,
     check_positive_float,
 )
+from lsutils.bounds import Bound, curvature_bound
 from lsutils.data import DATASETS, Dataset, load_dataset, train_test_split
-from lsutils.delta import (
-    Bound,
-    DeltaCurve,
-    KStar,
-    SlopeFit,
-    curvature_bound,
-    delta_mc,
-    delta_taylor,
-    fit_slope,
-    orderings,
-    sufficient_size,
-)
+from lsutils.delta import DeltaCurve, delta_mc, delta_taylor, orderings
 from lsutils.engine import loss_matrix
+from lsutils.kstar import KStar, SlopeFit, fit_slope, sufficient_size
 from lsutils.models import MODELS, build_model
 from lsutils.projection import Subspace, full_space, hessian_subspace, random_subspace
 from lsutils.sampling import covariance, draw

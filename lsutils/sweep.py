@@ -46,7 +46,7 @@ import torch
 import yaml
 
 from lsutils._checks import check_positive_float
-from lsutils.delta import sufficient_size, window_complete
+from lsutils.kstar import sufficient_size, window_complete
 from lsutils.projection import Subspace
 from lsutils.study import (
     SAMPLERS,

@@ -1,4 +1,7 @@
-"""Tests of lsutils.delta: estimators against dense references and exact problems."""
+"""Tests of lsutils.delta, bounds and kstar against references and exact problems.
+
+The three modules share the synthetic quadratic problems defined here.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +13,20 @@ import pytest
 import torch
 
 import lsutils.delta as delta_mod
+from lsutils.bounds import (
+    curvature_bound,
+    empirical_range_bound,
+    loss_difference_bound,
+)
 from lsutils.delta import (
     DeltaCurve,
     cumulative_means,
-    curvature_bound,
     delta_mc,
     delta_taylor,
     delta_taylor_components,
-    empirical_range_bound,
-    fit_slope,
-    loss_difference_bound,
     orderings,
-    sufficient_size,
-    window_complete,
 )
+from lsutils.kstar import fit_slope, sufficient_size, window_complete
 from lsutils.sampling import draw
 from lsutils.taylor import TaylorTerms
 

@@ -3,6 +3,7 @@
 The reference is the per-point loop (load the parameters, forward in batches,
 ``torch.nn.functional.cross_entropy``); the fast path must match it to float32
 rounding and to 1e-12 in float64, on a registry of small Sequential networks.
+The slices and planes of lsutils.landscape are checked against the same loop.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from torch import Tensor, nn
 from lsutils.engine import (
     PARAMETER_FREE_LAYERS,
     SUPPORTED_LAYERS,
-    landscape_plane,
-    landscape_slices,
     loss_matrix,
 )
+from lsutils.landscape import landscape_plane, landscape_slices
 from lsutils.projection import (
     Subspace,
     filter_normalized_direction,

@@ -1,4 +1,7 @@
-"""Tests of lsutils.results on a tiny real sweep and on hand-made rows."""
+"""Tests of lsutils.results, tables, trends and sweep_plots.
+
+On a tiny real sweep and on hand-made rows.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lsutils import results  # noqa: E402
+from lsutils import results, sweep_plots, tables, trends  # noqa: E402
 from lsutils.sweep import RESULT_COLUMNS, load_sweep_config, run_sweep  # noqa: E402
 
 TINY = """
@@ -94,7 +97,7 @@ def test_curves_equal_cell_files(tiny_run):
 
 def test_empty_fields_become_none_or_nan(tiny_run):
     _, run = tiny_run
-    full = results.select(run.rows, sampler="full")
+    full = tables.select(run.rows, sampler="full")
     assert full and all(math.isnan(r["k_star_bound"]) for r in full)
     assert all(r["width"] is not None for r in run.rows)
     unreached = [r for r in run.rows if not r["k_star_reached"]]
@@ -155,29 +158,29 @@ def test_curve_interpolation_is_exact_for_a_power_law():
 
 def test_select(tiny_run):
     _, run = tiny_run
-    rows = results.select(run.rows, grid="main", threshold=1e-5)
+    rows = tables.select(run.rows, grid="main", threshold=1e-5)
     assert len(rows) == 4
     assert {r["d"] for r in rows} == {1, 2}
-    both = results.select(run.rows, sampler=("gaussian", "full"), threshold=1e-5)
+    both = tables.select(run.rows, sampler=("gaussian", "full"), threshold=1e-5)
     assert len(both) == N_CELLS
     with pytest.raises(ValueError, match="unknown column 'dim': expected one of"):
-        results.select(run.rows, dim=1)
+        tables.select(run.rows, dim=1)
 
 
 def test_pivot_of_real_rows(tiny_run):
     _, run = tiny_run
-    rows = results.select(run.rows, grid="main", threshold=1e-5)
-    table = results.pivot(rows, "sampler", "d", "slope")
+    rows = tables.select(run.rows, grid="main", threshold=1e-5)
+    table = tables.pivot(rows, "sampler", "d", "slope")
     assert table.row_labels == [("full",), ("gaussian",)]
     assert table.col_labels == [1, 2]
-    expected = [[r["slope"] for r in results.select(rows, sampler=s)]
+    expected = [[r["slope"] for r in tables.select(rows, sampler=s)]
                 for s in ("full", "gaussian")]  # fmt: skip
     np.testing.assert_allclose(table.array(), expected)
     md = table.to_markdown(lambda v: f"{v:.2f}")
     assert md.splitlines()[0] == "| sampler | d = 1 | 2 |"
     assert len(md.splitlines()) == 4
     with pytest.raises(ValueError, match="occurs more than once: filter the rows"):
-        results.pivot(run.rows, "sampler", "d", "slope")
+        tables.pivot(run.rows, "sampler", "d", "slope")
 
 
 def test_pivot_missing_cells_are_nan():
@@ -185,7 +188,7 @@ def test_pivot_missing_cells_are_nan():
         {"sampler": "a", "d": 1, "k_star": 5},
         {"sampler": "b", "d": 2, "k_star": None},
     ]
-    table = results.pivot(rows, ["sampler"], "d", "k_star")
+    table = tables.pivot(rows, ["sampler"], "d", "k_star")
     arr = table.array()
     assert arr[0, 0] == 5 and np.isnan(arr[0, 1]) and np.isnan(arr[1]).all()
     assert "| b |  |  |" in table.to_markdown(empty="")
@@ -194,30 +197,30 @@ def test_pivot_missing_cells_are_nan():
 def test_format_k_star():
     base = {"status": "ok", "m": 1000, "k_star_lo": 100, "k_star_hi": 300}
     reached = base | {"k_star_reached": True, "k_star": 200}
-    assert results.format_k_star(reached) == "200 [100, 300]"
+    assert tables.format_k_star(reached) == "200 [100, 300]"
     gone = base | {"k_star_reached": False, "k_star": None}
-    assert results.format_k_star(gone | {"k_star_extrapolated": 3162.3}) == (
+    assert tables.format_k_star(gone | {"k_star_extrapolated": 3162.3}) == (
         "> 1000 (~3162)"
     )
-    assert results.format_k_star(gone | {"k_star_extrapolated": math.nan}) == ("> 1000")
-    assert results.format_k_star({"status": "failed: nan"}) == "failed"
+    assert tables.format_k_star(gone | {"k_star_extrapolated": math.nan}) == ("> 1000")
+    assert tables.format_k_star({"status": "failed: nan"}) == "failed"
     bounded = reached | {"k_star_bound": 2270.4}
-    assert results.format_k_star(bounded, with_bound=True) == (
+    assert tables.format_k_star(bounded, with_bound=True) == (
         "200 [100, 300]; bound 2270"
     )
-    assert results.format_k_star(bounded) == "200 [100, 300]"
-    assert results.format_k_star(reached | {"k_star_window_complete": False}) == (
+    assert tables.format_k_star(bounded) == "200 [100, 300]"
+    assert tables.format_k_star(reached | {"k_star_window_complete": False}) == (
         "200 [100, 300] (window cut at m)"
     )
-    assert results.format_k_star(reached | {"k_star_window_complete": True}) == (
+    assert tables.format_k_star(reached | {"k_star_window_complete": True}) == (
         "200 [100, 300]"
     )
 
 
 def test_markdown_table_errors():
-    assert results.markdown_table(["a|b"], [[1]]).startswith("| a\\|b |")
+    assert tables.markdown_table(["a|b"], [[1]]).startswith("| a\\|b |")
     with pytest.raises(ValueError, match="row 1 has 1 entries but the header has 2"):
-        results.markdown_table(["a", "b"], [[1, 2], [3]])
+        tables.markdown_table(["a", "b"], [[1, 2], [3]])
 
 
 # ------------------------------------------------------------------- checks
@@ -231,7 +234,7 @@ def test_integrity_of_a_real_sweep(tiny_run):
 def _ok_cell(run: results.SweepRun) -> tuple[str, list[dict]]:
     """A gaussian cell that reaches its first two thresholds (copied rows)."""
     for cid in run.finished:
-        rows = sorted(results.select(run.rows, cell=cid), key=lambda r: -r["threshold"])
+        rows = sorted(tables.select(run.rows, cell=cid), key=lambda r: -r["threshold"])
         if rows[0]["sampler"] == "gaussian" and rows[1]["k_star_reached"]:
             return cid, rows
     pytest.fail("no gaussian cell reaches two thresholds in the tiny sweep")
@@ -303,7 +306,7 @@ def test_trend_against_rank_correlation():
              for w, v in zip(widths, y_mixed, strict=True)]  # fmt: skip
     rows.append({"dataset": "c", "width": 16, "delta_at_100": 1.0})
     rows.append({"dataset": "c", "width": 32, "delta_at_100": math.nan})
-    a, b, c = results.trend(rows, "width", "delta_at_100")
+    a, b, c = trends.trend(rows, "width", "delta_at_100")
     assert a.group == ("a",) and a.rho == pytest.approx(-1.0) and a.n == 5
     ref = np.corrcoef(_ranks(np.array(widths)), _ranks(np.array(y_mixed)))[0, 1]
     assert b.rho == pytest.approx(ref, rel=1e-12)
@@ -321,13 +324,13 @@ def test_trend_against_rank_correlation():
     with pytest.raises(ValueError, match="expected_sign must be \\+1 or -1"):
         a.verdict(0)
     with pytest.raises(ValueError, match="unknown column 'size'"):
-        results.trend(rows, "size", "delta_at_100")
+        trends.trend(rows, "size", "delta_at_100")
 
 
 def test_trend_on_the_width_grid(tiny_run):
     _, run = tiny_run
-    rows = results.select(run.rows, grid="width", threshold=1e-5)
-    (tr,) = results.trend(rows, "width", "delta_at_100")
+    rows = tables.select(run.rows, grid="width", threshold=1e-5)
+    (tr,) = trends.trend(rows, "width", "delta_at_100")
     assert tr.group == ("mnist",) and tr.n == 3
     np.testing.assert_array_equal(tr.xs, [8, 16, 32])
     assert -1.0 <= tr.rho <= 1.0
@@ -343,60 +346,60 @@ def _legend(ax) -> list[str]:
 
 def test_plot_curve_with_and_without_closed_form(tiny_run):
     _, run = tiny_run
-    gauss = results.select(run.rows, sampler="gaussian", grid="main")[0]["cell"]
-    full = results.select(run.rows, sampler="full")[0]["cell"]
-    ax = results.plot_curve(run.curves[gauss], threshold=1e-5, title="g")
+    gauss = tables.select(run.rows, sampler="gaussian", grid="main")[0]["cell"]
+    full = tables.select(run.rows, sampler="full")[0]["cell"]
+    ax = sweep_plots.plot_curve(run.curves[gauss], threshold=1e-5, title="g")
     labels = _legend(ax)
     assert any("closed form" in t for t in labels) and any("bound" in t for t in labels)
     assert ax.get_xscale() == "log" and ax.get_title() == "g"
-    ax = results.plot_curve(run.curves[full])
+    ax = sweep_plots.plot_curve(run.curves[full])
     assert not any("closed form" in t for t in _legend(ax))
-    ax = results.plot_curve(None)
+    ax = sweep_plots.plot_curve(None)
     assert ax.texts[0].get_text() == "not computed yet"
 
 
 def test_plot_series_and_pivot(tiny_run):
     _, run = tiny_run
-    rows = results.select(run.rows, grid="main", threshold=1e-5)
-    ax = results.plot_series(rows, "d", "delta_at_100", by="sampler")
+    rows = tables.select(run.rows, grid="main", threshold=1e-5)
+    ax = sweep_plots.plot_series(rows, "d", "delta_at_100", by="sampler")
     assert sorted(_legend(ax)) == ["full", "gaussian"]
     assert ax.get_xlabel() == "d" and ax.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
     assert {ln.get_marker() for ln in ax.get_lines()} == {"o", "s"}
-    ax = results.plot_series(
+    ax = sweep_plots.plot_series(
         rows, "d", "k_star", by="sampler", band=("k_star_lo", "k_star_hi")
     )
     assert ax.get_ylabel() == "k_star"
     fig, (left, right) = plt.subplots(1, 2, sharex=True)
-    results.plot_series(rows, "d", "slope", "sampler", left, logy=False)
-    ax = results.plot_series([], "d", "k_star", by="sampler", ax=right)
+    sweep_plots.plot_series(rows, "d", "slope", "sampler", left, logy=False)
+    ax = sweep_plots.plot_series([], "d", "k_star", by="sampler", ax=right)
     assert ax.texts[0].get_text() == "no finished cells"
     assert list(left.get_xticks()) == [1, 2]  # the empty panel keeps them
-    table = results.pivot(rows, "sampler", "d", "delta_at_100")
-    ax = results.plot_pivot(table, title="t", value_label="v")
+    table = tables.pivot(rows, "sampler", "d", "delta_at_100")
+    ax = sweep_plots.plot_pivot(table, title="t", value_label="v")
     assert ax.get_title() == "t" and len(ax.images) == 1
-    empty = results.pivot(rows, "sampler", "d", lambda r: None)
-    ax = results.plot_pivot(empty)
+    empty = tables.pivot(rows, "sampler", "d", lambda r: None)
+    ax = sweep_plots.plot_pivot(empty)
     assert ax.texts[0].get_text() == "no finished cells"
 
 
 def test_log_bin_means_against_a_loop():
     k = np.arange(2, 1001)
     values = np.vstack([1.0 / k**2, np.sin(k) + 2])
-    kb, means = results.log_bin_means(k, values, n_bins=12)
+    kb, means = trends.log_bin_means(k, values, n_bins=12)
     assert kb[0] == 2 and np.all(np.diff(kb) > 0)
     ends = np.append(kb[1:], k[-1] + 1)
     for j, (a, b) in enumerate(zip(kb, ends, strict=True)):
         inside = (k >= a) & (k < b)
         np.testing.assert_allclose(means[:, j], values[:, inside].mean(axis=1))
     with pytest.raises(ValueError, match="k must be increasing with one entry"):
-        results.log_bin_means(k[::-1], values)
+        trends.log_bin_means(k[::-1], values)
     with pytest.raises(ValueError, match="n_bins=1 is out of range"):
-        results.log_bin_means(k, values, n_bins=1)
+        trends.log_bin_means(k, values, n_bins=1)
 
 
 def test_empty_pivot_renders():
-    table = results.pivot([], ["dataset", "sampler"], "d", "k_star")
+    table = tables.pivot([], ["dataset", "sampler"], "d", "k_star")
     assert table.array().shape == (0, 0)
     assert table.to_markdown().splitlines()[0] == "| dataset | sampler |"
 
@@ -404,39 +407,42 @@ def test_empty_pivot_renders():
 def test_docstring_examples():
     import doctest
 
-    failed, attempted = doctest.testmod(results)
+    # the examples of the table and trend helpers (results.py itself has none)
+    outcomes = [doctest.testmod(module) for module in (tables, trends)]
+    failed = sum(o.failed for o in outcomes)
+    attempted = sum(o.attempted for o in outcomes)
     assert attempted >= 5 and failed == 0
 
 
 def test_cell_and_summary_tables(tiny_run):
     _, run = tiny_run
-    rows = results.select(run.rows, threshold=1e-5)
-    lines = results.cell_table(rows).splitlines()
+    rows = tables.select(run.rows, threshold=1e-5)
+    lines = tables.cell_table(rows).splitlines()
     assert len(lines) == 2 + N_CELLS and "k*" in lines[0]
     for r, line in zip(rows, lines[2:], strict=True):
-        assert results.format_k_star(r) in line
-    text = results.summary_table(rows, by=("grid",), columns=("slope",))
+        assert tables.format_k_star(r) in line
+    text = tables.summary_table(rows, by=("grid",), columns=("slope",))
     main = np.array([r["slope"] for r in rows if r["grid"] == "main"])
     expected = f"{main.min():.3g} / {np.median(main):.3g} / {main.max():.3g}"
     assert f"| main | 4 | {expected} |" in text
-    full = results.select(rows, sampler="full")
-    assert "| \u2013 |" in results.summary_table(full, columns=("k_star_bound",))
+    full = tables.select(rows, sampler="full")
+    assert "| \u2013 |" in tables.summary_table(full, columns=("k_star_bound",))
     with pytest.raises(ValueError, match="unknown column 'slopes'"):
-        results.summary_table(rows, columns=("slopes",))
+        tables.summary_table(rows, columns=("slopes",))
 
 
 def test_ratio_between_samplers(tiny_run):
     _, run = tiny_run
-    rows = results.select(run.rows, grid="main", threshold=1e-5)
-    got = results.ratio(rows, "delta_at_100", a="gaussian", b="full")
+    rows = tables.select(run.rows, grid="main", threshold=1e-5)
+    got = tables.ratio(rows, "delta_at_100", a="gaussian", b="full")
     for (ds, mod, d), value in got.items():
         g, f = (
-            results.select(rows, dataset=ds, model=mod, d=d, sampler=s)[0]
+            tables.select(rows, dataset=ds, model=mod, d=d, sampler=s)[0]
             for s in ("gaussian", "full")
         )
         assert value == pytest.approx(g["delta_at_100"] / f["delta_at_100"])
     assert set(got) == {("mnist", "mlp", 1), ("mnist", "mlp", 2)}
-    assert results.ratio(rows, "delta_at_100") == {}  # no 'random' cells
+    assert tables.ratio(rows, "delta_at_100") == {}  # no 'random' cells
 
 
 def test_admonition_names_progress(tiny_run, tmp_path):
@@ -464,12 +470,12 @@ def test_trend_p_value_for_many_pairs_is_scipys():
         {"dataset": "a", "width": a, "delta_at_100": b}
         for a, b in zip(x, y, strict=True)
     ]
-    (tr,) = results.trend(rows, "width", "delta_at_100")
+    (tr,) = trends.trend(rows, "width", "delta_at_100")
     ref = spearmanr(x, y)
-    assert tr.n > results.EXACT_MAX_N
+    assert tr.n > trends.EXACT_MAX_N
     assert tr.rho == pytest.approx(ref.statistic) and tr.pvalue == ref.pvalue
     four = [{"dataset": "a", "width": w, "delta_at_100": w} for w in (1, 2, 3, 4)]
-    (perfect,) = results.trend(four, "width", "delta_at_100")
+    (perfect,) = trends.trend(four, "width", "delta_at_100")
     assert perfect.rho == pytest.approx(1.0)
     assert perfect.pvalue == pytest.approx(1 / 12)
     assert perfect.verdict(+1) == "same sign, not significant"
