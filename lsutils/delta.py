@@ -83,6 +83,7 @@ def orderings(m: int, R: int, seed: int) -> Tensor:
     """
     m = check_int_range("m", m, 1, hint="m is the number of samples")
     R = check_int_range("R", R, 1, hint="R is the number of orderings")
+    seed = check_int_range("seed", seed, 0)
     rng = np.random.default_rng(seed)
     rows = np.stack([rng.permutation(m) for _ in range(R)])
     return torch.from_numpy(rows.astype(np.int64))

@@ -43,15 +43,22 @@ import numpy as np
 import torch
 from backpack import backpack, extend
 from backpack.extensions import DiagGGNExact, DiagHessian, SqrtGGNExact
-from curvlinops import GGNLinearOperator
 from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
+
+with warnings.catch_warnings():
+    # curvlinops imports linear_operator, which calls torch.jit.script at import
+    # time; torch 2.14 deprecates it. Nothing a user of lsutils can act on.
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from curvlinops import GGNLinearOperator
 
 from lsutils._checks import check_int_range, check_positive_float
 from lsutils.hessian import (
     Eigenpairs,
     check_data,
+    check_eval_mode,
+    check_labels,
     check_params_used_by_loss,
     relative_residuals,
 )
@@ -72,7 +79,10 @@ def _extended_copy(model: nn.Module, X: Tensor, y: Tensor, extension: str) -> nn
     check_data(X, y)
     check_backpack_extendable(model, extension)
     check_params_used_by_loss(model, X, y)
-    return extend(copy.deepcopy(model).to(torch.float64))
+    net = extend(copy.deepcopy(model).to(torch.float64))
+    with torch.no_grad():
+        check_labels(y, net(X[:1].to(torch.float64)))
+    return net
 
 
 def _chunks(
@@ -182,7 +192,8 @@ def ggn_operator(
     Jacobian-vector product, one softmax-Hessian product and one
     vector-Jacobian product per chunk (``torch.func``, through
     ``curvlinops.GGNLinearOperator``), so memory stays flat in ``m``. It runs
-    on a float64 deep copy of the model in eval mode.
+    on a float64 deep copy of the model and, unlike the other routes of this
+    module, needs no BackPACK support for its layers.
 
     Parameters
     ----------
@@ -213,8 +224,11 @@ def ggn_operator(
     """
     check_data(X, y)
     chunk_size = check_int_range("chunk_size", chunk_size, 1)
+    check_eval_mode(model)
     check_params_used_by_loss(model, X, y)
-    net = copy.deepcopy(model).to(torch.float64).eval()
+    net = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad():
+        check_labels(y, net(X[:1].to(torch.float64)))
     names = ParamSpec.from_module(model).names
     params = dict(net.named_parameters())
     data = [
@@ -241,7 +255,7 @@ def ggn_top_eigenpairs(
     seed: int = 0,
     memory_budget: int = 2**30,
 ) -> Eigenpairs:
-    r"""Top-``d`` eigenpairs of the GGN from BackPACK's exact square roots.
+    r"""Top-``d`` eigenpairs of the GGN, from BackPACK's square roots or matrix-free.
 
     With ``G = V V^T`` and ``V`` of shape ``(N, mC)`` (see the module notes):
 
@@ -250,7 +264,8 @@ def ggn_top_eigenpairs(
       and ``V V^T``;
     * if ``V`` fits but is large, Lanczos on ``v -> V (V^T v)``;
     * otherwise Lanczos on the matrix-free product of :func:`ggn_operator`
-      (flat memory; each product costs about two Hessian-vector products).
+      (flat memory; each product costs about two Hessian-vector products;
+      layers need no BackPACK support on this route).
 
     Parameters
     ----------
@@ -283,9 +298,12 @@ def ggn_top_eigenpairs(
     chunk_size = check_int_range("chunk_size", chunk_size, 1)
     tol = check_positive_float("tol", tol, allow_zero=True)
     memory_budget = check_int_range("memory_budget", memory_budget, 1)
-    net = _extended_copy(model, X, y, "SqrtGGNExact")
+    check_eval_mode(model)
+    check_params_used_by_loss(model, X, y)
     with torch.no_grad():
-        n_classes = int(net(X[:1].to(torch.float64)).shape[1])
+        out = copy.deepcopy(model).to(torch.float64)(X[:1].to(torch.float64))
+    check_labels(y, out)
+    n_classes = int(out.shape[1])
     rank = m * (n_classes - 1)
     d = check_int_range(
         "d",
@@ -303,6 +321,7 @@ def ggn_top_eigenpairs(
     n_matvec = 0
 
     if bytes_v <= memory_budget:
+        net = _extended_copy(model, X, y, "SqrtGGNExact")  # needs BackPACK
         V = torch.cat(list(_sqrt_blocks(net, X, y, chunk_size)), dim=1)
 
         def apply(v: Tensor) -> Tensor:

@@ -184,6 +184,38 @@ def _raise_unused(names: Sequence[str]) -> None:
         )
 
 
+def _forward(model: nn.Module, state: dict[str, Tensor], X: Tensor) -> Tensor:
+    """``model`` applied to ``X`` with ``state``; a shape error names ``X``."""
+    try:
+        out = functional_call(model, state, (X,))
+    except RuntimeError as err:
+        if "shape" not in str(err) and "size" not in str(err):
+            raise
+        raise ValueError(
+            f"the model cannot be applied to inputs of shape {tuple(X.shape)} "
+            f"({err}); pass X shaped as in training, e.g. (m, 1, 28, 28) for "
+            "the MNIST networks of lsutils.models"
+        ) from err
+    if out.ndim != 2:
+        raise ValueError(
+            f"the model's output must be (m, C) class scores, got shape "
+            f"{tuple(out.shape)}; end the network with a Linear layer to C classes"
+        )
+    return out
+
+
+def check_labels(y: Tensor, out: Tensor) -> Tensor:
+    """Return ``y`` if every label indexes one of the ``C`` columns of ``out``."""
+    n_classes = out.shape[1]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(
+            f"labels must lie in 0..{n_classes - 1} for a model with {n_classes} "
+            f"outputs, got labels from {int(y.min())} to {int(y.max())}; check "
+            "the data or the size of the last layer"
+        )
+    return y
+
+
 def check_params_used_by_loss(model: nn.Module, X: Tensor, y: Tensor) -> None:
     """Raise ``ValueError`` naming parameters that get no gradient from the loss.
 
@@ -192,7 +224,7 @@ def check_params_used_by_loss(model: nn.Module, X: Tensor, y: Tensor) -> None:
     """
     # Known limitation: a forward whose use of parameters depends on the sample
     # (not the case for nn.Sequential) could pass here and fail later.
-    HessianOperator(model, X[:1], y[:1], torch.float64, 1)
+    HessianOperator(model, X[:1], y[:1], torch.float64, 1, log=False)
 
 
 # ---------------------------------------------------------------- operator
@@ -219,6 +251,7 @@ class HessianOperator(LinearOperator):
         y: Tensor,
         dtype: torch.dtype,
         chunk_size: int,
+        log: bool = True,
     ) -> None:
         self.spec = ParamSpec.from_module(model)
         n = self.spec.num_params
@@ -247,10 +280,11 @@ class HessianOperator(LinearOperator):
         self._cached = self._graph(*self._chunks[0]) if len(self._chunks) == 1 else None
         if self._cached is None:
             self._graph(*self._chunks[0])  # checks unused parameters early
-        logger.info(
-            "Hessian operator: N=%d, m=%d, %d chunk(s), %s", n, self._m,
-            len(self._chunks), dtype,
-        )  # fmt: skip
+        if log:
+            logger.info(
+                "Hessian operator: N=%d, m=%d, %d chunk(s), %s", n, self._m,
+                len(self._chunks), dtype,
+            )  # fmt: skip
 
     def _graph(self, Xc: Tensor, yc: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Leaves and the gradient of this chunk's share of ``L`` (with graph)."""
@@ -258,8 +292,9 @@ class HessianOperator(LinearOperator):
         named = dict(zip(self.spec.names, leaves, strict=True))
         with torch.enable_grad():
             Xc = Xc.to(self._device, self._dtype)
-            out = functional_call(self._model, {**self._buffers, **named}, (Xc,))
-            loss = F.cross_entropy(out, yc.to(self._device), reduction="sum") / self._m
+            out = _forward(self._model, {**self._buffers, **named}, Xc)
+            yc = check_labels(yc.to(self._device), out)
+            loss = F.cross_entropy(out, yc, reduction="sum") / self._m
             grads = torch.autograd.grad(
                 loss, leaves, create_graph=True, allow_unused=True
             )

@@ -155,7 +155,9 @@ class KStar:
         not reached. See :func:`window_complete`.
     k_extrapolated
         When not reached: where the power-law fit of the tail crosses the
-        threshold (``None`` if it cannot be extrapolated).
+        threshold, always beyond ``m`` (``None`` if the fit fails, rises, or
+        already crosses within the curve, where noise rather than the trend
+        keeps ``Delta_k`` above the threshold).
     fit
         The :class:`SlopeFit` used for the extrapolation.
     reason
@@ -295,6 +297,8 @@ def sufficient_size(
     if window is not None:
         window = check_int_range("window", window, 0, hint="or None for k -> 2k")
     z = check_positive_float("z", z, allow_zero=True)
+    if k_min is not None:
+        k_min = check_int_range("k_min", k_min, 1, hint="or None for the last decade")
     k, v = curve.k, curve.value
     k_star = _first_stable(k, v, threshold, window)
     k_lo = _first_stable(k, v - z * curve.se, threshold, window)
@@ -338,11 +342,23 @@ def sufficient_size(
         except ValueError as err:
             reason += f"; no extrapolation: {err}"
         else:
-            if fit.slope < 0:
-                k_ext = math.exp((math.log(threshold) - fit.intercept) / fit.slope)
+            crossing = (
+                math.exp((math.log(threshold) - fit.intercept) / fit.slope)
+                if fit.slope < 0
+                else None
+            )
+            if crossing is not None and crossing > k[-1]:
+                k_ext = crossing
                 reason += (
                     f"; the power-law fit (slope {fit.slope:.2f} for "
                     f"k >= {fit_k_min}) crosses it near k = {k_ext:.3g}"
+                )
+            elif crossing is not None:
+                reason += (
+                    f"; no extrapolation: the power-law fit (slope "
+                    f"{fit.slope:.2f} for k >= {fit_k_min}) is already below it "
+                    f"from k = {crossing:.3g}, so the noise around the trend, not "
+                    "the trend, keeps Delta_k above it within m"
                 )
             else:
                 reason += (

@@ -101,6 +101,8 @@ def test_orderings_are_seeded_permutations() -> None:
         orderings(0, 2, seed=0)
     with pytest.raises(ValueError, match="R=0 is out of range"):
         orderings(5, 0, seed=0)
+    with pytest.raises(ValueError, match="seed=-1 is out of range"):
+        orderings(5, 2, seed=-1)
 
 
 def test_cumulative_means_and_recurrence() -> None:
@@ -464,6 +466,13 @@ def test_sufficient_size_unreached() -> None:
     assert re.search(r"slope 0\.\d\d for k >= 100 is not negative", res.reason)
     res = sufficient_size(_curve(rising), 1e-3, k_min=5000)
     assert res.fit is None and "no extrapolation: fit_slope needs" in res.reason
+    # trend below the threshold from k ~ 320, spikes every 50 keep the curve
+    # above it: no "extrapolation" to a k inside the curve
+    spiky = 100.0 / k**2
+    spiky[k % 50 == 0] = 1e-2
+    res = sufficient_size(_curve(spiky), 1e-3)
+    assert not res.reached and res.k_extrapolated is None
+    assert re.search(r"already below it from k = 3\d\d, so the noise", res.reason)
 
 
 def test_sufficient_size_validation() -> None:
@@ -477,6 +486,8 @@ def test_sufficient_size_validation() -> None:
         sufficient_size(curve, 1.0, z=-2.0)
     with pytest.raises(ValueError, match="curve must be a DeltaCurve"):
         sufficient_size(np.ones(10), 1.0)
+    with pytest.raises(ValueError, match="k_min=0 is out of range.*or None"):
+        sufficient_size(curve, 1.0, k_min=0)
 
 
 def test_delta_curve_container() -> None:

@@ -366,6 +366,41 @@ def test_ggn_operator_bad_input() -> None:
         ggn_operator(model, X, y[:-1])
 
 
+def test_matrix_free_ggn_needs_no_backpack() -> None:
+    # GELU has no BackPACK rule; over budget the route does not need one
+    model, (X, y) = _bad_model(nn.GELU()), _data((1, 6))
+    with pytest.raises(ValueError, match=r"\(GELU\) is not supported by BackPACK"):
+        ggn_top_eigenpairs(model, X, y, d=2)
+    _check_ggn_pairs(model, X, y, memory_budget=1)
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        hvp_operator,
+        ggn_operator,
+        diag_ggn,
+        lambda *a: top_eigenpairs(*a, d=1),
+        lambda *a: ggn_top_eigenpairs(*a, d=1),
+    ],
+)
+def test_inputs_and_labels_that_do_not_fit_the_model(route) -> None:
+    model, (X, y) = CASES["mlp-tanh"][0](), _data((1, 6))
+    with pytest.raises(ValueError, match=r"cannot be applied to inputs of shape"):
+        route(model, X[:, :, :4], y)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2 .* 0 to 12"):
+        route(model, X, y.clone().index_fill_(0, torch.tensor([M - 1]), 12))
+
+
+def test_internal_checks_do_not_log_operators(caplog) -> None:
+    model, (X, y) = CASES["mlp-tanh"][0](), _data((1, 6))
+    with caplog.at_level("INFO", logger="lsutils"):
+        top_eigenpairs(model, X, y, d=1)
+    messages = [record.getMessage() for record in caplog.records]
+    made = [text for text in messages if "Hessian operator" in text]
+    assert made == [f"Hessian operator: N=43, m={M}, 1 chunk(s), torch.float64"]
+
+
 def test_ggn_and_hessian_subspaces_coincide_for_linear_model() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, C)).double()
