@@ -8,9 +8,11 @@ with explicit exceptions so that the checks survive ``python -O``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -51,6 +53,27 @@ def check_choice(name: str, value: Any, options: Iterable[str]) -> str:
     return value
 
 
+_BOOL_NOTE = " (YAML 1.1 reads yes, no, on, off, true and false as bools)"
+
+
+def _text_hint(name: str, value: str, kind: str) -> str:
+    """Message for a number given as text (a quoted YAML value, a CLI string)."""
+    msg = f"{name} must be {kind}, got the string {value!r}"
+    try:
+        number = float(value)
+    except ValueError:
+        return msg
+    mantissa, e, exponent = value.strip().partition("e" if "e" in value else "E")
+    if e and ("." not in mantissa or exponent[:1] not in ("+", "-")):
+        # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent.
+        fixed = mantissa if "." in mantissa else f"{mantissa}.0"
+        fixed += e + (exponent if exponent[:1] in ("+", "-") else f"+{exponent}")
+        return f"{msg} (YAML 1.1 reads {value} as text: write {fixed})"
+    if kind == "an integer" and math.isfinite(number) and number.is_integer():
+        return f"{msg}: write {int(number)} without quotes"
+    return f"{msg}: write it without quotes"
+
+
 def check_int_range(
     name: str,
     value: Any,
@@ -59,6 +82,11 @@ def check_int_range(
     hint: str = "",
 ) -> int:
     """Return ``value`` as ``int`` if ``low <= value <= high``, else raise.
+
+    Integers of any kind (Python, NumPy, ``torch.SymInt``) are accepted, and so
+    are floats with an integral value (``1e3``, ``2.0``: a YAML ``1.0e+3`` is a
+    float), which are converted to ``int``. Bools and strings are refused, even
+    ``True`` or ``"3"``.
 
     Parameters
     ----------
@@ -74,26 +102,47 @@ def check_int_range(
     Returns
     -------
     int
-        The validated value.
+        The validated value, a plain ``int`` (a ``torch.SymInt`` is kept).
 
     Raises
     ------
     ValueError
-        If ``value`` is not an integer or lies outside ``[low, high]``.
+        If ``value`` is a bool, a string, not an integer, or lies outside
+        ``[low, high]``.
+
+    Examples
+    --------
+    >>> check_int_range("m", 1e3, 2)
+    1000
+    >>> check_int_range("d", True, 1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: d must be an integer, got the bool True (YAML 1.1 reads yes, ...)
     """
-    if isinstance(value, bool) or not isinstance(value, int | torch.SymInt):
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(
+            f"{name} must be an integer, got the bool {value!r}{_BOOL_NOTE}"
+        )
+    if isinstance(value, str | bytes):
+        text = value if isinstance(value, str) else value.decode(errors="replace")
+        raise ValueError(_text_hint(name, text, "an integer"))
+    if isinstance(value, torch.SymInt):
+        out: Any = value
+    elif isinstance(value, numbers.Integral):
+        out = int(value)
+    else:
         try:
-            is_int = float(value).is_integer()
+            number = float(value)
         except (TypeError, ValueError):
-            is_int = False
-        if not is_int:
+            number = math.nan
+        if not (math.isfinite(number) and number.is_integer()):
             raise ValueError(f"{name} must be an integer, got {value!r}")
-        value = int(value)
+        out = int(number)
     upper = "inf" if high is None else str(high)
-    if value < low or (high is not None and value > high):
-        msg = f"{name}={value} is out of range: expected {low} <= {name} <= {upper}"
+    if out < low or (high is not None and out > high):
+        msg = f"{name}={out} is out of range: expected {low} <= {name} <= {upper}"
         raise ValueError(f"{msg}. {hint}".rstrip(". ") if hint else msg)
-    return int(value)
+    return out
 
 
 def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
@@ -104,15 +153,34 @@ def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> flo
     name
         Name of the argument, used in the message.
     value
-        The value given by the user.
+        The value given by the user: a number (bools and strings are refused).
     allow_zero
         Whether ``0`` is accepted.
 
     Returns
     -------
     float
-        The validated value.
+        The validated value, a plain ``float``.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is a bool, a string, not a number, not finite or not
+        positive. For a string that reads as a number the message says how to
+        write it (PyYAML reads ``1e-2`` as text).
+
+    Examples
+    --------
+    >>> check_positive_float("sigma", "1e-2")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: sigma must be a number, got the string '1e-2' (...: write 1.0e-2)
     """
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be a number, got the bool {value!r}{_BOOL_NOTE}")
+    if isinstance(value, str | bytes):
+        text = value if isinstance(value, str) else value.decode(errors="replace")
+        raise ValueError(_text_hint(name, text, "a number"))
     try:
         out = float(value)
     except (TypeError, ValueError):

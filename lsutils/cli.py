@@ -4,8 +4,13 @@
 ``--json FILE`` writes the curves and numbers. ``sweep`` runs a grid of
 settings from a YAML file, resumably (see :mod:`lsutils.sweep`).
 
-Bad arguments and bad input (unknown data set, missing files, ``d`` too large)
-end with an argparse-style message and exit status 2, never a traceback.
+Bad arguments and bad input (unknown data set, missing files, ``d`` too large,
+an output path that cannot be written) end with an argparse-style message and
+exit status 2, never a traceback. Output paths (``--json``, ``--figure``,
+``--out``) and ``d`` are checked before any training: a missing parent folder
+is fine if it can be created (it is created only when the file is written), a
+path that is a folder, lies under a file or in a folder that refuses new files
+is an error, and so is a figure format matplotlib cannot write.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from lsutils.data import DATASETS
@@ -61,6 +67,109 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _existing_ancestor(folder: Path, option: str, target: Path) -> Path:
+    """Return the nearest existing folder at or above ``folder``, else raise."""
+    current = folder
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    if not current.is_dir():
+        raise ValueError(
+            f"{option} {target}: {current} is a file, not a folder; choose a path "
+            "in an existing or new folder"
+        )
+    return current
+
+
+def _probe_folder(folder: Path, option: str, target: Path) -> None:
+    """Create and delete a file in ``folder`` to check that it accepts files."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lsutils-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(
+            f"{option} {target}: cannot create files in {folder} ({reason}); "
+            "choose a writable folder"
+        ) from None
+
+
+def _check_output_file(
+    path: Path, option: str, formats: Collection[str] | None = None
+) -> None:
+    """Check before any work that ``path`` can be written as a file.
+
+    Parameters
+    ----------
+    path
+        The output file.
+    option
+        The command-line option, for the message (``"--json"``).
+    formats
+        Allowed extensions without the dot (``None``: any).
+
+    Raises
+    ------
+    ValueError
+        If the extension is not in ``formats``, ``path`` is a folder, one of
+        its parents is a file, or the file or its folder cannot be written.
+        A missing parent folder is accepted when it can be created; it is
+        created only when the file is written.
+    """
+    if formats is not None:
+        ext = path.suffix.lower().lstrip(".")
+        if ext not in formats:
+            raise ValueError(
+                f"{option} {path}: "
+                + (f"unsupported format {path.suffix!r}" if ext else "no extension")
+                + "; end the file name with one of "
+                + ", ".join(f".{f}" for f in sorted(formats))
+            )
+    if path.is_dir():
+        raise ValueError(
+            f"{option} {path} is a folder: give a file name, such as "
+            f"{path / ('delta' + (path.suffix or '.json'))}"
+        )
+    if path.exists():
+        try:
+            with path.open("a"):  # opens for writing without changing the file
+                pass
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise ValueError(
+                f"{option} {path} cannot be written ({reason}): choose another path"
+            ) from None
+        return
+    _probe_folder(_existing_ancestor(path.parent, option, path), option, path)
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    """Check before any work that ``path`` is or can become a writable folder."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"{option} {path} is a file, not a folder: give a folder path (it is "
+            "created if missing)"
+        )
+    _probe_folder(_existing_ancestor(path, option, path), option, path)
+
+
+def _figure_formats() -> set[str]:
+    """File extensions matplotlib can save figures in."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
+
+
+def _add_quiet(parser: argparse.ArgumentParser, after_command: bool) -> None:
+    """Add ``-q/--quiet``; after the command it only overrides when given."""
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS if after_command else False,
+        help="only warnings and errors (before or after the command)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m lsutils``."""
     parser = argparse.ArgumentParser(
@@ -68,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Loss-landscape convergence in low-dimensional Hessian "
         "subspaces: measure Delta_k and the sufficient dataset size k*.",
     )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="only warnings and errors"
-    )
+    _add_quiet(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser(
@@ -89,13 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=_DEFAULTS.model,
         choices=MODELS,
-        help="network: a one-hidden-layer MLP or a small CNN",
+        help="network: an MLP with the hidden layers of --hidden (by default "
+        "one of 128 units) or a LeNet-style CNN (two 5x5 convolution blocks with "
+        f"{' and '.join(map(str, _DEFAULTS.channels))} channels)",
     )
     d.add_argument(
         "--hidden",
         type=_widths,
         default=_DEFAULTS.hidden,
-        help="MLP hidden widths, comma separated (depth = count)",
+        help="MLP hidden widths, comma separated: 128 is one hidden layer, "
+        "256,128 two (ignored by the CNN)",
     )
     d.add_argument(
         "--dim",
@@ -140,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--m",
         type=_positive_int,
         default=_DEFAULTS.m,
-        help="training-set size m (k runs over 1..m)",
+        help="training-set size m (at least 4; the Delta_k curve covers k = 2..m)",
     )
     d.add_argument(
         "--n-test",
@@ -178,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help="save the log-log Delta_k figure (PNG, PDF, SVG)",
+        help="save the log-log Delta_k figure (format from the extension: "
+        ".png, .pdf, .svg, ...)",
     )
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_quiet(d, after_command=True)
 
     s = sub.add_parser(
         "sweep",
@@ -208,7 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run at most this many new cells, then stop",
     )
+    s.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="run no cell: only rewrite results.csv and curves.csv from the cell "
+        "files (after an lsutils update changed the tables)",
+    )
     s.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_quiet(s, after_command=True)
     return parser
 
 
@@ -232,6 +351,11 @@ def _run_delta(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         epochs=args.epochs,
         seed=args.seed,
     )
+    # Check the output paths now, not after minutes of computation.
+    if args.json is not None:
+        _check_output_file(args.json, "--json")
+    if args.figure is not None:
+        _check_output_file(args.figure, "--figure", _figure_formats())
     start = time.perf_counter()
     result = run_delta(config, progressbar=not args.no_progress)
     print(result.summary())
@@ -252,8 +376,13 @@ def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from lsutils.sweep import load_sweep_config, run_sweep
 
     spec = load_sweep_config(args.config)
+    _check_output_dir(args.out, "--out")
     summary = run_sweep(
-        spec, args.out, limit=args.limit, progressbar=not args.no_progress
+        spec,
+        args.out,
+        limit=args.limit,
+        progressbar=not args.no_progress,
+        tables_only=args.tables_only,
     )
     print(summary)
     return 0
@@ -271,9 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = {"delta": _run_delta, "sweep": _run_sweep}[args.command]
     try:
         return runner(args, parser)
-    except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError) as err:
-        # Expected failures (bad input, missing data, NaN loss) are reported as
-        # argparse does, without a traceback.
+    except (ValueError, OSError, NotImplementedError, RuntimeError) as err:
+        # Expected failures (bad input, missing data, NaN loss, a file that
+        # cannot be written) are reported as argparse does, without a traceback.
         sub = f"{parser.prog} {args.command}"
         print(f"{sub}: error: {err}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@ r"""Read a finished (or partial) sweep back into typed records, and check them.
 
 :func:`lsutils.sweep.run_sweep` writes ``results.csv`` (one row per cell and
 threshold), ``curves.csv`` (:math:`\Delta_k` on a log grid of ``k``),
-``config.yaml`` and ``versions.json``. This module turns those files into typed
+``config.yaml`` and ``versions.json`` (with the commit and package versions of
+every cell). This module turns those files into typed
 Python records and NumPy arrays without pandas:
 
 * :func:`load_run` reads an output folder (missing or partial folders give an
@@ -61,6 +62,8 @@ _BOOL_COLUMNS = frozenset({"k_star_reached"})
 # booleans that are empty when they do not apply (no k* reached)
 _OPTIONAL_BOOL_COLUMNS = frozenset({"k_star_window_complete"})
 _CURVE_COLUMNS = ("cell", "k", "delta_mc", "delta_mc_se", "delta_taylor", "bound")
+# packages named by SweepRun.provenance, in order
+_PROVENANCE_PACKAGES = ("lsutils", "torch", "numpy", "scipy", "backpack-for-pytorch")
 
 
 # ---------------------------------------------------------------------------
@@ -85,6 +88,15 @@ def _parse(column: str, text: str) -> Any:
     return text
 
 
+def _rebuild_hint(out: Path) -> str:
+    """How to rewrite the tables of ``out`` from its cell files (no cell rerun)."""
+    return (
+        "rebuild the tables from the cell files with this version of lsutils "
+        "(no cell is rerun): python -m lsutils sweep --config "
+        f"{out / 'config.yaml'} --out {out} --tables-only"
+    )
+
+
 def read_results(path: Path | str) -> list[dict[str, Any]]:
     """Read ``results.csv`` into one typed dictionary per row.
 
@@ -107,8 +119,9 @@ def read_results(path: Path | str) -> list[dict[str, Any]]:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If the header lacks a column of ``RESULT_COLUMNS`` or a field cannot be
-        converted.
+        If the header lacks a column of ``RESULT_COLUMNS`` (the message gives
+        the command that rebuilds the table from the cell files) or a field
+        cannot be converted.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,8 +132,8 @@ def read_results(path: Path | str) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(
                 f"{path} lacks column(s) {', '.join(missing)}: expected the "
-                "header written by lsutils.sweep (RESULT_COLUMNS); rerun the sweep "
-                "with this version of lsutils"
+                "header written by lsutils.sweep (RESULT_COLUMNS), probably an "
+                f"older version; {_rebuild_hint(path.parent)}"
             )
         rows = []
         for line, raw in enumerate(reader, start=2):
@@ -194,7 +207,8 @@ def read_curves(path: Path | str) -> dict[str, Curve]:
         if missing:
             raise ValueError(
                 f"{path} lacks column(s) {', '.join(missing)}: expected "
-                f"{', '.join(_CURVE_COLUMNS)} as written by lsutils.sweep"
+                f"{', '.join(_CURVE_COLUMNS)} as written by lsutils.sweep; "
+                f"{_rebuild_hint(path.parent)}"
             )
         for raw in reader:
             entry = columns.setdefault(raw["cell"], {c: [] for c in _CURVE_COLUMNS[1:]})
@@ -228,13 +242,21 @@ class SweepRun:
     curves
         Curves of ``curves.csv`` (:func:`read_curves`); empty if absent.
     versions
-        Contents of ``versions.json`` (packages, machine, and ``date`` /
-        ``commit`` when the sweep recorded them); empty if absent.
+        Contents of ``versions.json`` but ``cells_by_version``: packages,
+        machine, ``date`` and ``commit`` of the last run of the sweep (the one
+        that last wrote the folder); empty if absent.
     expected
         Cell identifiers of the sweep file, in run order (empty when no sweep
         file was given).
     thresholds
         Thresholds of the sweep file (empty when none was given).
+    cell_versions
+        ``cells_by_version`` of ``versions.json``: one dictionary per distinct
+        commit and package set the finished cells were computed with (keys
+        ``commit``, ``lsutils``, ``torch``, ... as in ``versions``, plus
+        ``cells``, ``first_date`` and ``last_date``); cells written before
+        lsutils recorded this have ``commit`` ``"unknown"``. Empty for folders
+        written before.
     """
 
     out: Path
@@ -243,6 +265,7 @@ class SweepRun:
     versions: dict[str, str] = field(default_factory=dict)
     expected: tuple[str, ...] = ()
     thresholds: tuple[float, ...] = ()
+    cell_versions: tuple[dict[str, Any], ...] = ()
 
     @property
     def finished(self) -> list[str]:
@@ -309,6 +332,12 @@ class SweepRun:
     def provenance(self, config: str = "") -> str:
         """Say which run produced the numbers: sweep file, progress, versions.
 
+        The date, commit and packages are those of the last run of the sweep.
+        When the finished cells were computed at other commits or with other
+        packages (a sweep resumed across updates), each set is listed with
+        its number of cells and dates, and the text says when they come from
+        more than one commit; cells that predate this record count as unknown.
+
         Parameters
         ----------
         config
@@ -316,10 +345,10 @@ class SweepRun:
             ``"experiments/full.yaml"``.
         """
         v = self.versions
-        # lsutils.sweep (as of this writing) records packages and machine but
-        # no date or commit; both are shown here as soon as it writes them.
+        # Folders written before lsutils.sweep recorded date and commit lack
+        # them; the text says so.
         when = ", ".join(f"{k} {v[k]}" for k in ("date", "commit") if k in v)
-        keys = ("lsutils", "torch", "numpy", "scipy", "backpack-for-pytorch")
+        keys = _PROVENANCE_PACKAGES
         pkgs = ", ".join(f"{k} {v[k]}" for k in keys if k in v)
         parts = [
             f"sweep {config or '(no sweep file given)'} written to {self.out}",
@@ -330,7 +359,54 @@ class SweepRun:
             parts.append(pkgs)
         if "cpus" in v:
             parts.append(f"{v['cpus']} CPU(s), {v.get('machine', '?')}")
+        cells = self._cell_provenance()
+        if cells:
+            parts.append(cells)
         return "; ".join(parts)
+
+    def _cell_provenance(self) -> str:
+        """The commits and packages of the cells, when not just the last run's."""
+        groups = self.cell_versions
+        if not groups:
+            return ""
+        described = ", ".join(_describe_group(g) for g in groups)
+        commits = {str(g.get("commit", "unknown")) for g in groups}
+        known = commits - {"unknown"}
+        if len(commits) > 1 and len(known) < len(commits):
+            return (
+                f"cells come from {len(known)} known commit(s) and an unknown "
+                f"one: {described}"
+            )
+        if len(commits) > 1:
+            return f"cells come from {len(known)} commits: {described}"
+        if len(groups) > 1:
+            return (
+                f"cells come from {len(groups)} sets of versions (packages, Python "
+                f"or machine) at one commit: {described}"
+            )
+        (group,) = groups
+        if not any(k in group for k in _PROVENANCE_PACKAGES):
+            return f"commit and versions of the cells unknown: {described}"
+        keys = ("commit", *_PROVENANCE_PACKAGES)
+        if all(group.get(k) == self.versions.get(k) for k in keys):
+            return ""  # every cell computed as the last run says
+        other = "cells computed at another commit or versions than the last run"
+        return f"{other}: {described}"
+
+
+def _describe_group(group: dict[str, Any]) -> str:
+    """``"12 cell(s) at commit abc (lsutils 0.1, torch 2.1; <dates>)"``."""
+    n = group.get("cells", "?")
+    commit = group.get("commit", "unknown")
+    pkgs = ", ".join(f"{k} {group[k]}" for k in _PROVENANCE_PACKAGES if k in group)
+    if commit == "unknown" and not pkgs:
+        return (
+            f"{n} cell(s) of unknown commit and versions (written before "
+            "lsutils recorded them per cell)"
+        )
+    first, last = group.get("first_date", "?"), group.get("last_date", "?")
+    dates = first if first == last else f"{first} to {last}"
+    return f"{n} cell(s) at commit {commit} ({pkgs}; {dates})"
 
 
 def load_run(out: Path | str, spec: SweepSpec | None = None) -> SweepRun:
@@ -360,16 +436,19 @@ def load_run(out: Path | str, spec: SweepSpec | None = None) -> SweepRun:
         logger.warning("no results.csv in %s: the sweep has not finished a cell", out)
     if (out / "curves.csv").is_file():
         curves = read_curves(out / "curves.csv")
+    cell_versions: tuple[dict[str, Any], ...] = ()
     if (out / "versions.json").is_file():
-        versions = {k: str(v) for k, v in json.loads(
-            (out / "versions.json").read_text()).items()}  # fmt: skip
+        raw = json.loads((out / "versions.json").read_text())
+        groups = raw.pop("cells_by_version", [])
+        versions = {k: str(v) for k, v in raw.items()}
+        cell_versions = tuple(dict(g) for g in groups if isinstance(g, dict))
     expected: tuple[str, ...] = ()
     thresholds: tuple[float, ...] = ()
     if spec is not None:
         expected = tuple(cell_id(grid, cfg) for grid, cfg in spec.cells)
         thresholds = tuple(spec.thresholds)
     logger.info("read %d rows and %d curves from %s", len(rows), len(curves), out)
-    return SweepRun(out, rows, curves, versions, expected, thresholds)
+    return SweepRun(out, rows, curves, versions, expected, thresholds, cell_versions)
 
 
 # ---------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from lsutils.taylor import TaylorTerms, taylor_terms
 from lsutils.training import TrainResult, train
 
 __all__ = [
+    "M_MIN",
     "SAMPLERS",
     "SCALES",
     "DeltaResult",
@@ -54,6 +56,7 @@ __all__ = [
     "draw_theta",
     "make_subspace",
     "prepare",
+    "prepare_fields",
     "run_delta",
     "scale_from_env",
 ]
@@ -69,6 +72,11 @@ SAMPLERS: dict[str, tuple[str, str]] = {
     "curvature": ("hessian", "curvature"),
     "sobol": ("hessian", "sobol"),
 }
+
+#: Smallest training-set size: ``Delta_k`` runs over ``k = 2..m`` and the
+#: log-log slope of :func:`run_delta` (over ``k >= min(100, m // 2)``) needs
+#: three points.
+M_MIN = 4
 
 #: Preset sizes. ``quick`` keeps every notebook within a few minutes on two
 #: cores; ``full`` is the scale of the paper's experiments.
@@ -91,12 +99,14 @@ class StudyConfig:
     channels
         Convolution channels of the CNN.
     m
-        Training-set size; ``L_k`` is studied for ``k = 1..m``.
+        Training-set size, at least :data:`M_MIN`; ``L_k`` is studied for
+        ``k = 1..m``, so the ``Delta_k`` curve covers ``k = 2..m``.
     n_test
         Held-out samples for the reported accuracy.
     split, data_root
         Which split to draw from and where the IDX files are (``None``: the
-        embedded default, or ``LSUTILS_DATA_ROOT``).
+        embedded default, or ``LSUTILS_DATA_ROOT``); a path-like is stored as
+        ``str``.
     d
         Subspace dimension.
     sampler
@@ -116,6 +126,10 @@ class StudyConfig:
     seed
         The one seed behind every random choice (split, init, batches,
         subspace, samples, orderings).
+
+    Integer fields accept integral floats (``1e3``, a YAML ``1.0e+3``) and
+    store them as ``int``; bools and strings are refused, with a hint for
+    numbers that YAML 1.1 reads as text (``1e-2``: write ``1.0e-2``).
     """
 
     dataset: str = "mnist"
@@ -142,15 +156,30 @@ class StudyConfig:
         check_choice("model", self.model, MODELS)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("split", self.split, ("test", "train", "all"))
-        for name in ("m", "n_test", "samples", "orderings", "epochs", "batch_size"):
-            check_int_range(name, getattr(self, name), 1)
-        check_int_range("m", self.m, 2, hint="Delta_k needs at least two samples")
-        check_int_range("d", self.d, 1)
-        check_int_range("seed", self.seed, 0)
+        # Store the checked values as plain int / float / str, so that a config
+        # built from sigma=np.float64(0.01), m=1e3 or a Path compares, prints
+        # and hashes (sweep cell ids) like one built from 0.01, 1000 and a str.
+        values: dict[str, Any] = {
+            "m": check_int_range(
+                "m",
+                self.m,
+                M_MIN,
+                hint=f"Delta_k is measured for k = 2..m and its log-log slope is "
+                f"fitted over k >= min(100, m // 2), which needs m >= {M_MIN}; "
+                "use m in the hundreds or more for a meaningful slope and k*",
+            ),
+            "d": check_int_range("d", self.d, 1),
+            "seed": check_int_range("seed", self.seed, 0),
+        }
+        for name in ("n_test", "samples", "orderings", "epochs", "batch_size"):
+            values[name] = check_int_range(name, getattr(self, name), 1)
         for name in ("sigma", "threshold", "lr"):
-            check_positive_float(name, getattr(self, name))
-        object.__setattr__(self, "hidden", _int_tuple("hidden", self.hidden))
-        object.__setattr__(self, "channels", _int_tuple("channels", self.channels))
+            values[name] = check_positive_float(name, getattr(self, name))
+        values["hidden"] = _int_tuple("hidden", self.hidden)
+        values["channels"] = _int_tuple("channels", self.channels)
+        values["data_root"] = _data_root(self.data_root)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> StudyConfig:
@@ -190,10 +219,32 @@ class StudyConfig:
 
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
-    items = (value,) if isinstance(value, int) else tuple(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items: tuple[Any, ...] = (value,)
+    elif isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(
+            f"{name} must be a list of positive integers such as [128] or "
+            f"[64, 64], got {value!r}"
+        )
+    else:
+        items = tuple(value)
     if not items:
         raise ValueError(f"{name} must list at least one width, got {value!r}")
     return tuple(check_int_range(f"{name} entry", v, 1) for v in items)
+
+
+def _data_root(value: Any) -> str | None:
+    """Return ``data_root`` as ``None`` or a ``str`` path, else raise."""
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise ValueError(
+        f"data_root must be None or a folder path (str or os.PathLike), got "
+        f"{value!r} of type {type(value).__name__}"
+    )
 
 
 def scale_from_env(default: str = "quick") -> str:
@@ -342,7 +393,8 @@ class DeltaResult:
     bound
         The ``C / k^2`` bound (``None`` for the full space).
     slope
-        Log-log fit of the Monte Carlo curve over ``k >= 100``.
+        Log-log fit of the Monte Carlo curve over ``k >= min(100, m // 2)``
+        (``slope.k_min``).
     k_star
         Sufficient size for ``config.threshold`` with its uncertainty.
     test_accuracy
@@ -428,21 +480,31 @@ class DeltaResult:
         """A few lines for a terminal or a log."""
         c = self.config
         ks = self.k_star
+        m = int(self.mc.k[-1])
         if ks.reached:
-            kline = f"k* = {ks.k_star} (band {ks.k_lo}..{ks.k_hi})"
+            kline = f"k* = {ks.k_star} (band {ks.k_lo}..{ks.k_hi}"
+            if ks.window_complete is False:
+                kline += f"; window cut at m = {m}: m too small to confirm"
+            kline += ")"
         else:
             kline = f"k* not reached within m={c.m}: {ks.reason}"
+        # The slope and the ratio use the same k range, the one of the fit.
+        k_range = f"k>={self.slope.k_min}"
         ratio = ""
         if self.taylor is not None:
-            big = self.mc.k >= 100
-            r = np.median(self.mc.value[big] / self.taylor.value[big])
-            ratio = f", median MC/closed form over k>=100: {r:.3f}"
+            big = self.mc.k >= self.slope.k_min
+            r = (
+                f"{np.median(self.mc.value[big] / self.taylor.value[big]):.3f}"
+                if big.any()
+                else "n/a"
+            )
+            ratio = f", median MC/closed form over {k_range}: {r}"
         lines = [
             f"{c.dataset} {c.model} m={c.m} d={c.d} sampler={c.sampler} "
             f"sigma={c.sigma:g} S={c.samples} R={c.orderings}",
             f"held-out accuracy {100 * self.test_accuracy:.2f}%, "
             f"train loss {self.train_loss:.4f}",
-            f"Delta_k slope over k>=100: {self.slope.slope:.3f} "
+            f"Delta_k slope over {k_range}: {self.slope.slope:.3f} "
             f"+- {self.slope.slope_se:.3f}{ratio}",
             f"threshold {c.threshold:g}: {kline}",
         ]
@@ -520,7 +582,10 @@ def run_delta(
     config
         The settings.
     prepared
-        Reuse a trained model (its config must match in data and model).
+        Reuse a trained model. Its config must equal ``config`` in every field
+        :func:`prepare` uses (:func:`prepare_fields`: data, model, ``m``,
+        ``n_test``, ``seed`` and training settings); only ``d``, ``sampler``,
+        ``sigma``, ``samples``, ``orderings`` and ``threshold`` may differ.
     subspace
         Reuse a subspace; it is cut to its first ``config.d`` rows if larger.
     progressbar
@@ -536,17 +601,23 @@ def run_delta(
     Returns
     -------
     DeltaResult
+
+    Raises
+    ------
+    ValueError
+        If ``prepared`` was made with other data, model or training settings
+        than ``config`` (the message lists them), or ``d`` is not below the
+        parameter count ``N`` (checked before training when ``prepared`` is
+        not given).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if prepared is None:
+        _check_d_before_training(config)
         prepared = prepare(config, progressbar=progressbar)
         timings["train"] = time.perf_counter() - t0
-    elif prepared.config.m != config.m:
-        raise ValueError(
-            f"prepared model was trained on m={prepared.config.m} samples but the "
-            f"config asks for m={config.m}: call prepare(config) again"
-        )
+    else:
+        _check_same_preparation(config, prepared.config)
     kind, _ = SAMPLERS[config.sampler]
     t = time.perf_counter()
     if subspace is None or subspace.kind != kind:
@@ -605,6 +676,62 @@ def run_delta(
     )
     logger.info("Delta_k run finished in %.1f s", time.perf_counter() - t0)
     return result
+
+
+def prepare_fields(config: StudyConfig) -> dict[str, Any]:
+    """The settings of ``config`` that :func:`prepare` uses, by name.
+
+    Data (``dataset``, ``split``, ``data_root``, ``m``, ``n_test``), network
+    (``model`` and its ``hidden`` or ``channels``) and training (``epochs``,
+    ``batch_size``, ``lr``, ``seed``): two configs with equal fields give the
+    same trained network and data.
+
+    Examples
+    --------
+    >>> a = StudyConfig(d=2, sampler="random")
+    >>> prepare_fields(a) == prepare_fields(a.replace(d=5, sigma=0.1))
+    True
+    """
+    names = ("dataset", "split", "data_root", "m", "n_test", "model", "epochs",
+             "batch_size", "lr", "seed")  # fmt: skip
+    out = {name: getattr(config, name) for name in names}
+    out.update(config.model_kwargs)
+    return out
+
+
+def _check_same_preparation(config: StudyConfig, prepared: StudyConfig) -> None:
+    """Raise if ``prepared`` (a :class:`Prepared` config) does not fit ``config``."""
+    want, have = prepare_fields(config), prepare_fields(prepared)
+    # hidden (MLP) or channels (CNN) only count for the model that uses them
+    diff = [
+        f"{name}: prepared {have[name]!r}, config {want[name]!r}"
+        for name in have
+        if name in want and have[name] != want[name]
+    ]
+    if diff:
+        raise ValueError(
+            "the prepared model was trained with other settings than the config "
+            f"asks for ({'; '.join(diff)}), so the results would be labelled "
+            "wrongly: pass the prepared config with only the sampling settings "
+            "changed, e.g. run_delta(prepared.config.replace(d=..., sampler=..., "
+            "sigma=...), prepared=prepared), or call run_delta(config) to train "
+            "anew"
+        )
+
+
+def _check_d_before_training(config: StudyConfig) -> None:
+    """Check ``d < N`` on a parameter-free copy of the network (no training)."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_model(config.model, seed=config.seed, **config.model_kwargs)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    check_int_range(
+        "d",
+        config.d,
+        1,
+        n_params - 1,
+        hint=f"the model has N={n_params} parameters; use a smaller d or the "
+        "full-space sampler",
+    )
 
 
 def _cut(subspace: Subspace, d: int) -> Subspace:

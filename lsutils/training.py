@@ -146,6 +146,36 @@ def _full_gradient_norm(model: nn.Module, X: Tensor, y: Tensor, chunk: int) -> f
     return float(torch.sqrt(sum((g.double() ** 2).sum() for g in total)))
 
 
+def _check_not_diverged(
+    train_loss: float,
+    initial_loss: float,
+    num_classes: int,
+    train_accuracy: float,
+    grad_norm: float,
+    epochs: int,
+    lr: float,
+) -> None:
+    """Raise ``ValueError`` if the final loss shows that training diverged.
+
+    Diverged means a non-finite final ``L_m(w*)``, or one above both the loss
+    ``log C`` of guessing the ``C`` classes uniformly and the loss at the
+    initial weights: training made the network worse than not training it.
+    An imperfect fit (any loss below either) passes.
+    """
+    uniform = math.log(num_classes)
+    if math.isfinite(train_loss) and train_loss <= max(uniform, initial_loss):
+        return
+    raise ValueError(
+        f"training diverged: after {epochs} epochs at lr {lr:g} the training "
+        f"loss L_m(w*) is {train_loss:.4g}, above both the loss of guessing the "
+        f"{num_classes} classes uniformly (log {num_classes} = {uniform:.4g}) and "
+        f"the loss at the initial weights ({initial_loss:.4g}); training accuracy "
+        f"{100 * train_accuracy:.1f}%, |grad L_m(w*)| {grad_norm:.3g}. w* is not "
+        f"a minimum: lower lr (now {lr:g}; the default is 1e-3) or train fewer "
+        "epochs"
+    )
+
+
 def train(
     model: nn.Module,
     X: Tensor,
@@ -196,14 +226,18 @@ def train(
     Raises
     ------
     ValueError
-        For inconsistent inputs, labels outside the model's classes, or when the
-        loss becomes NaN or infinite (training diverged).
+        For inconsistent inputs, labels outside the model's classes, or when
+        training diverged: a minibatch loss becomes NaN or infinite, or the final
+        ``L_m(w*)`` is not finite or lies above both ``log C`` (uniform guessing
+        of the ``C`` classes) and the loss at the initial weights. The message
+        gives the losses, accuracy and gradient norm, and says to lower ``lr``.
 
     Warns
     -----
     UserWarning
         When the last epoch's mean loss is not below the first one's (a step
-        size so large that the loss grows without becoming infinite).
+        size so large that the loss grows, although the final ``L_m(w*)`` is
+        still below the divergence limit above).
 
     Examples
     --------
@@ -238,6 +272,9 @@ def train(
         )
 
     m = X.shape[0]
+    chunk = 2048
+    with torch.no_grad():
+        initial_loss = float(_evaluate(model, X, y, chunk)[0]) / m
     logger.info(
         "training on %d samples (test: %d) for %d epochs, batch %d, lr %g",
         m,
@@ -273,16 +310,8 @@ def train(
         history.append(loss_sum / m)
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
-    if epochs > 1 and not history[-1] < history[0]:
-        warnings.warn(
-            f"training did not decrease the loss (epoch 1: {history[0]:.4g}, epoch "
-            f"{epochs}: {history[-1]:.4g}); w* is not a minimum, lower lr (now "
-            f"{lr:g}) or train longer",
-            stacklevel=2,
-        )
 
     model.eval()
-    chunk = 2048
     grad_norm = _full_gradient_norm(model, X, y, chunk)
     with torch.no_grad():
         loss_total, correct = _evaluate(model, X, y, chunk)
@@ -292,6 +321,16 @@ def train(
     if X_test is not None and y_test is not None:
         test_acc = accuracy(model, X_test, y_test, chunk_size=chunk)
     seconds = time.perf_counter() - start_time
+    _check_not_diverged(
+        train_loss, initial_loss, num_classes, train_acc, grad_norm, epochs, lr
+    )
+    if epochs > 1 and not history[-1] < history[0]:
+        warnings.warn(
+            f"training did not decrease the loss (epoch 1: {history[0]:.4g}, epoch "
+            f"{epochs}: {history[-1]:.4g}); w* is not a minimum, lower lr (now "
+            f"{lr:g}) or train longer",
+            stacklevel=2,
+        )
     logger.info(
         "trained in %.1f s: loss %.4f, train accuracy %.4f, test accuracy %.4f, "
         "|grad| %.2e",

@@ -82,6 +82,10 @@ def test_load_run_counts_and_types(tiny_run):
     assert "tiny.yaml" in text and "7 of 7" in text
     assert f"torch {run.versions['torch']}" in text
     assert f"commit {run.versions['commit']}" in text and "date 20" in text
+    # one commit and package set for every cell: not repeated in the text
+    (group,) = run.cell_versions
+    assert group["cells"] == N_CELLS and group["commit"] == run.versions["commit"]
+    assert "cells come from" not in text and "cell(s) at commit" not in text
 
 
 def test_curves_equal_cell_files(tiny_run):
@@ -131,10 +135,16 @@ def test_read_errors(tmp_path):
         results.read_curves(tmp_path / "curves.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("grid,cell\nmain,abc\n")
-    with pytest.raises(ValueError, match=r"lacks column\(s\) dataset, model"):
+    rebuild = (
+        f"python -m lsutils sweep --config {tmp_path / 'config.yaml'} "
+        f"--out {tmp_path} --tables-only"
+    )
+    with pytest.raises(ValueError, match=r"lacks column\(s\) dataset, model") as err:
         results.read_results(bad)
-    with pytest.raises(ValueError, match=r"lacks column\(s\) k, delta_mc"):
+    assert err.value.args[0].endswith(f"(no cell is rerun): {rebuild}")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) k, delta_mc") as err:
         results.read_curves(bad)
+    assert err.value.args[0].endswith(rebuild)
     row = {c: "" for c in RESULT_COLUMNS} | {"d": "two"}
     with (tmp_path / "r.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, RESULT_COLUMNS)

@@ -65,12 +65,42 @@ def test_divergence_nan() -> None:
         train(_small_mlp(), X, y, epochs=3, lr=1e30)
 
 
-def test_loss_not_decreasing_warns() -> None:
+def _random_data() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(64, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (64,), generator=gen)
+    return X, y
+
+
+def test_loss_not_decreasing_warns() -> None:
+    # lr 0.3: the epoch losses jump from 2.35 to 33 and 23, but the final
+    # L_m(w*) = 1.34 is below log 10, so it warns without raising.
+    X, y = _random_data()
     with pytest.warns(UserWarning, match="did not decrease the loss.*lower lr"):
-        train(_small_mlp(), X, y, epochs=3, lr=1e6)
+        res = train(_small_mlp(), X, y, epochs=3, lr=0.3)
+    assert res.train_loss < math.log(10)
+
+
+@pytest.mark.parametrize("lr", [1.0, 1e6])
+def test_divergence_finite_but_huge_loss(lr: float) -> None:
+    # The loss grows to 33 (lr 1) or 5e13 (lr 1e6) without becoming NaN: worse
+    # than guessing uniformly, so training diverged and w* is no minimum.
+    X, y = _random_data()
+    with pytest.raises(
+        ValueError,
+        match=r"training diverged: after 3 epochs at lr \S+ the training loss "
+        r"L_m\(w\*\) is \S+, above both the loss of guessing the 10 classes "
+        r"uniformly \(log 10 = 2.303\).*\|grad L_m\(w\*\)\| .*lower lr",
+    ):
+        train(_small_mlp(), X, y, epochs=3, lr=lr)
+
+
+def test_imperfect_fit_does_not_raise() -> None:
+    # A step too small to learn anything leaves L_m(w*) above log 10 (the
+    # initial loss is 2.35), but not above the initial loss: no divergence.
+    X, y = _random_data()
+    res = train(_small_mlp(), X, y, epochs=1, lr=1e-7)
+    assert math.log(10) < res.train_loss <= res.history[0] + 1e-3
 
 
 def test_nan_input() -> None:
