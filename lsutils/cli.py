@@ -373,7 +373,8 @@ def _run_delta(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from lsutils.sweep import load_sweep_config, run_sweep
+    from lsutils.sweep import run_sweep
+    from lsutils.sweep_config import load_sweep_config
 
     spec = load_sweep_config(args.config)
     _check_output_dir(args.out, "--out")

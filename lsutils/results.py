@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lsutils.sweep import RESULT_COLUMNS, SweepSpec, cell_id
+from lsutils.sweep import RESULT_COLUMNS
+from lsutils.sweep_config import SweepSpec, cell_id
 
 __all__ = [
     # reading
@@ -417,7 +418,7 @@ def load_run(out: Path | str, spec: SweepSpec | None = None) -> SweepRun:
     out
         Folder given to :func:`lsutils.sweep.run_sweep` (``--out``).
     spec
-        The sweep file it was run with (:func:`lsutils.sweep.load_sweep_config`);
+        The sweep file it was run with (:func:`lsutils.sweep_config.load_sweep_config`);
         needed to count finished cells against all cells and to check that
         every cell has a row per threshold.
 

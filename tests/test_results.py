@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lsutils import results, sweep_plots, tables, trends  # noqa: E402
-from lsutils.sweep import RESULT_COLUMNS, load_sweep_config, run_sweep  # noqa: E402
+from lsutils.sweep import RESULT_COLUMNS, run_sweep  # noqa: E402
+from lsutils.sweep_config import load_sweep_config  # noqa: E402
 
 TINY = """
 base: {m: 200, n_test: 100, samples: 16, orderings: 2, epochs: 2, sigma: 0.01}

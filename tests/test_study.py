@@ -27,7 +27,8 @@ from lsutils.study import (
     prepare_fields,
     run_delta,
 )
-from lsutils.sweep import load_sweep_config, run_sweep
+from lsutils.sweep import run_sweep
+from lsutils.sweep_config import load_sweep_config
 
 TINY = dict(m=300, n_test=100, samples=32, orderings=3, epochs=3, d=2, sigma=0.01)
 

@@ -1,4 +1,4 @@
-"""Tests of lsutils.sweep: sweep-file checks, resuming, table rebuilds, provenance.
+"""Tests of lsutils.sweep and lsutils.sweep_config (checks, resume, tables, provenance).
 
 The end-to-end sweep tests (run, resume, kill) are in test_study.py; these run
 tiny real sweeps of one or two cells (a few seconds each).
@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 
 from lsutils import results, sweep
-from lsutils.sweep import (
-    RESULT_COLUMNS,
-    cell_id,
-    load_sweep_config,
-    rebuild_tables,
-    run_sweep,
-)
+from lsutils.sweep import RESULT_COLUMNS, rebuild_tables, run_sweep
+from lsutils.sweep_config import SweepSpec, cell_id, load_sweep_config
 
 BASE = "base: {m: 200, n_test: 100, samples: 16, orderings: 2, epochs: 2, sigma: 0.01}"
 SWEEP = f"""
@@ -41,7 +36,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _spec(tmp_path: Path, text: str, name: str = "s.yaml") -> sweep.SweepSpec:
+def _spec(tmp_path: Path, text: str, name: str = "s.yaml") -> SweepSpec:
     return load_sweep_config(_write(tmp_path / name, text))
 
 
@@ -61,7 +56,7 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, sweep.SweepSpec]:
+def finished(tmp_path_factory) -> tuple[Path, SweepSpec]:
     """A finished 2-cell sweep; tests copy it before changing anything."""
     root = tmp_path_factory.mktemp("finished")
     spec = _spec(root, SWEEP)
@@ -69,7 +64,7 @@ def finished(tmp_path_factory) -> tuple[Path, sweep.SweepSpec]:
     return root / "out", spec
 
 
-def _copy(finished: tuple[Path, sweep.SweepSpec], dest: Path) -> Path:
+def _copy(finished: tuple[Path, SweepSpec], dest: Path) -> Path:
     import shutil
 
     out, _ = finished
@@ -148,7 +143,7 @@ def test_duplicate_cells_are_refused(tmp_path, grids, message):
 
 def test_same_settings_in_differently_named_grids_are_separate_cells(tmp_path, caplog):
     text = "thresholds: [1.0e-5]\ngrids: [{name: a, d: [1, 2]}, {name: b, d: [2]}]\n"
-    with caplog.at_level(logging.INFO, logger="lsutils.sweep"):
+    with caplog.at_level(logging.INFO, logger="lsutils.sweep_config"):
         spec = _spec(tmp_path, text)
     assert [g for g, _ in spec.cells] == ["a", "a", "b"]
     assert spec.cells[1][1] == spec.cells[2][1]
