@@ -93,19 +93,29 @@ def _model_key(config: StudyConfig) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def _git_commit() -> str:
-    """Commit of the repository lsutils runs from, or ``"unknown"``."""
+def _git_commit(package: Path | None = None) -> str:
+    """Commit of the repository lsutils runs from, or ``"unknown"``.
+
+    ``"+dirty"`` is appended when the package's own files (the folder
+    ``package``, default this package) differ from that commit; outputs
+    elsewhere in the tree do not count.
+    """
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-            text=True, timeout=10, check=False,
+    package = Path(__file__).resolve().parent if package is None else package
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args], cwd=package, capture_output=True, text=True,
+            timeout=10, check=False,
         )  # fmt: skip
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = commit and git("diff", "--quiet", "HEAD", "--", ".").returncode == 1
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return res.stdout.strip() or "unknown"
+    return f"{commit}+dirty" if dirty else commit or "unknown"
 
 
 def package_versions() -> dict[str, str]:

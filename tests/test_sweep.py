@@ -438,3 +438,26 @@ def test_cli_tables_only_rewrites_tables_and_runs_nothing(finished, tmp_path, ca
     assert main(["sweep", "--config", str(config), "--out", str(out),
                  "--tables-only", "--limit", "1"]) == 2  # fmt: skip
     assert "leave out one of them" in capsys.readouterr().err
+
+
+def test_git_commit_flags_uncommitted_package_changes(tmp_path):
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("x = 1\n")
+    (tmp_path / "out.csv").write_text("1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    clean = sweep._git_commit(pkg)
+    assert len(clean) >= 7 and "+" not in clean
+    (tmp_path / "out.csv").write_text("2\n")  # outputs do not count
+    assert sweep._git_commit(pkg) == clean
+    (pkg / "a.py").write_text("x = 2\n")
+    assert sweep._git_commit(pkg) == f"{clean}+dirty"
+    assert sweep._git_commit(tmp_path.parent / "nowhere") == "unknown"
