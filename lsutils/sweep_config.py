@@ -119,13 +119,7 @@ def load_sweep_config(path: Path | str) -> SweepSpec:
         raise _fail(path, f"not valid YAML ({err})") from None
     if not isinstance(raw, Mapping):
         raise _fail(path, "expected a mapping with keys base, thresholds, grids")
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise _fail(
-            path,
-            f"unknown key(s) {', '.join(map(repr, unknown))}: expected some of "
-            f"{', '.join(sorted(_TOP_KEYS))}",
-        )
+    _refuse_unknown(path, "", "key(s)", raw, _TOP_KEYS)
     description = raw.get("description")
     if description is not None and not isinstance(description, str):
         raise _fail(path, f"'description' must be text, got {description!r}")
@@ -316,12 +310,19 @@ def _log_shared_settings(path: Path, cells: Sequence[tuple[str, StudyConfig]]) -
 
 
 def _check_fields(path: Path, where: str, values: Mapping[str, Any]) -> None:
-    unknown = sorted(set(values) - _FIELDS)
+    _refuse_unknown(path, f"{where}: ", "field(s)", values, _FIELDS)
+
+
+def _refuse_unknown(
+    path: Path, where: str, what: str, given: Mapping[str, Any], known: set[str]
+) -> None:
+    """Raise naming the keys of ``given`` that are not in ``known``."""
+    unknown = sorted(set(given) - known)
     if unknown:
         raise _fail(
             path,
-            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"expected some of {', '.join(sorted(_FIELDS))}",
+            f"{where}unknown {what} {', '.join(map(repr, unknown))}: expected "
+            f"some of {', '.join(sorted(known))}",
         )
 
 
