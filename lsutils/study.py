@@ -38,7 +38,7 @@ from lsutils.bounds import Bound, curvature_bound
 from lsutils.data import DATASETS, Dataset, load_dataset, train_test_split
 from lsutils.delta import DeltaCurve, delta_mc, delta_taylor, orderings
 from lsutils.engine import loss_matrix
-from lsutils.kstar import KStar, SlopeFit, fit_slope, sufficient_size
+from lsutils.kstar import KStar, SlopeFit, fit_slope, ordering_slopes, sufficient_size
 from lsutils.models import MODELS, build_model
 from lsutils.projection import Subspace, full_space, hessian_subspace, random_subspace
 from lsutils.sampling import covariance, draw
@@ -403,6 +403,9 @@ class DeltaResult:
         Top-``d`` Hessian eigenvalues (``None`` for other subspaces).
     timings
         Seconds per step.
+    ordering_slopes
+        ``(R,)`` slope of each ordering's curve over the same ``k`` range
+        (:func:`lsutils.kstar.ordering_slopes`); ``None`` if not computed.
     """
 
     config: StudyConfig
@@ -415,6 +418,22 @@ class DeltaResult:
     train_loss: float
     eigenvalues: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
+    ordering_slopes: np.ndarray | None = None
+
+    @property
+    def slope_se_orderings(self) -> float | None:
+        """Standard error of the slope from its spread over orderings.
+
+        ``std(ddof=1) / sqrt(R)`` of :attr:`ordering_slopes` (``None`` with
+        fewer than two finite slopes). Unlike ``slope.slope_se`` it does not
+        assume independent residuals along the curve.
+        """
+        if self.ordering_slopes is None:
+            return None
+        ok = self.ordering_slopes[np.isfinite(self.ordering_slopes)]
+        if ok.size < 2:
+            return None
+        return float(ok.std(ddof=1) / np.sqrt(ok.size))
 
     @property
     def k_star_bound(self) -> float | None:
@@ -439,6 +458,10 @@ class DeltaResult:
             "bound": _nan_to_none(bound),
             "slope": self.slope.slope,
             "slope_se": self.slope.slope_se,
+            "slope_se_orderings": self.slope_se_orderings,
+            "ordering_slopes": None
+            if self.ordering_slopes is None
+            else _nan_to_none(self.ordering_slopes),
             "k_star": ks.k_star,
             "k_star_lo": ks.k_lo,
             "k_star_hi": ks.k_hi,
@@ -498,14 +521,17 @@ class DeltaResult:
                 if big.any()
                 else "n/a"
             )
-            ratio = f", median MC/closed form over {k_range}: {r}"
+            ratio = f"median MC/closed form over {k_range}: {r}"
+        se_r = self.slope_se_orderings
+        spread = "" if se_r is None else f", +- {se_r:.3f} (over orderings)"
         lines = [
             f"{c.dataset} {c.model} m={c.m} d={c.d} sampler={c.sampler} "
             f"sigma={c.sigma:g} S={c.samples} R={c.orderings}",
             f"held-out accuracy {100 * self.test_accuracy:.2f}%, "
             f"train loss {self.train_loss:.4f}",
             f"Delta_k slope over {k_range}: {self.slope.slope:.3f} "
-            f"+- {self.slope.slope_se:.3f}{ratio}",
+            f"+- {self.slope.slope_se:.3f} (least squares){spread}",
+            *([ratio] if ratio else []),
             f"threshold {c.threshold:g}: {kline}",
         ]
         if self.bound is not None:
@@ -649,6 +675,7 @@ def run_delta(
         taylor = delta_taylor(terms, cov, order)
         bound = curvature_bound(terms, cov)
     slope = fit_slope(mc.k, mc.value, k_min=min(100, config.m // 2))
+    per_slope = ordering_slopes(mc, k_min=slope.k_min)
     k_star = sufficient_size(mc, config.threshold)
     timings["delta"] = time.perf_counter() - t
     if losses_out is not None:
@@ -673,6 +700,7 @@ def run_delta(
         train_loss=prepared.result.train_loss,
         eigenvalues=None if eig is None else eig.detach().cpu().numpy(),
         timings=timings,
+        ordering_slopes=per_slope,
     )
     logger.info("Delta_k run finished in %.1f s", time.perf_counter() - t0)
     return result

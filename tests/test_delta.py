@@ -26,7 +26,12 @@ from lsutils.delta import (
     delta_taylor_components,
     orderings,
 )
-from lsutils.kstar import fit_slope, sufficient_size, window_complete
+from lsutils.kstar import (
+    fit_slope,
+    ordering_slopes,
+    sufficient_size,
+    window_complete,
+)
 from lsutils.sampling import draw
 from lsutils.taylor import TaylorTerms
 
@@ -394,6 +399,29 @@ def test_fit_slope_errors() -> None:
         fit_slope(k, np.where(k < 48, -1.0, 1.0 / k), k_min=2)
     with pytest.raises(ValueError, match="1-D of the same length"):
         fit_slope(k, np.ones(3))
+
+
+def test_ordering_slopes() -> None:
+    k = np.arange(2, 2001)
+    rng = np.random.default_rng(1)
+    per = 3.0 * k**-2.0 * np.exp(0.3 * rng.standard_normal((8, 1)) * np.log(k))
+    curve = DeltaCurve(k, per.mean(0), np.zeros(k.size), per)
+    slopes = ordering_slopes(curve, k_min=100)
+    assert slopes.shape == (8,)
+    for r in range(8):
+        assert slopes[r] == pytest.approx(fit_slope(k, per[r], k_min=100).slope)
+    # each row is an exact power law: least squares sees no residual at all,
+    # the orderings disagree by their drawn exponents
+    assert fit_slope(k, per[0], k_min=100).slope_se < 1e-10
+    assert slopes.std() > 0.1
+    flat = per.copy()
+    flat[3] = 0.0  # an ordering with no positive point: no slope
+    curve = DeltaCurve(k, flat.mean(0), np.zeros(k.size), flat)
+    assert np.isnan(ordering_slopes(curve, k_min=100)[3])
+    with pytest.raises(ValueError, match="curve must be a DeltaCurve"):
+        ordering_slopes(per)
+    with pytest.raises(ValueError, match="k_min=0 is out of range"):
+        ordering_slopes(curve, k_min=0)
 
 
 def _curve(value: np.ndarray, se: np.ndarray | None = None, per=None) -> DeltaCurve:

@@ -201,6 +201,12 @@ def test_summary_small_m_uses_the_fitted_range():
         text = res.summary()
     assert res.slope.k_min == 25
     assert "Delta_k slope over k>=25: " in text
+    slopes = res.ordering_slopes
+    assert slopes is not None and slopes.shape == (cfg.orderings,)
+    se = np.nanstd(slopes, ddof=1) / np.sqrt(np.isfinite(slopes).sum())
+    assert res.slope_se_orderings == pytest.approx(se)
+    assert f"+- {se:.3f} (over orderings)" in text
+    assert res.to_json_dict()["slope_se_orderings"] == pytest.approx(se)
     assert "median MC/closed form over k>=25: " in text and "nan" not in text
 
 
