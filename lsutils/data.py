@@ -302,6 +302,11 @@ def _count_samples(labels: Path) -> int | None:
         return None
 
 
+def _split_of(path: Path) -> str:
+    """The split (``train`` or ``test``) an IDX file name belongs to."""
+    return "test" if path.name.startswith("t10k") else "train"
+
+
 def _missing_split_error(
     name: str, root: Path, missing: Sequence[str]
 ) -> FileNotFoundError:
@@ -314,11 +319,22 @@ def _missing_split_error(
         if files is not None:
             count = _count_samples(files[1])
             found.append(f"the {other} split ({count} samples) in {files[0].parent}")
-    available = (
-        "only " + " and ".join(found) + " was found"
-        if found
-        else f"no {name} files were found at all"
-    )
+    # a split with one of its two files (e.g. images without labels)
+    partial = [
+        str(path)
+        for folder in _search_dirs(name, root)
+        for stems in _FILES.values()
+        for path in [_find_file(folder, stem) for stem in stems]
+        if path is not None and _find_split(name, _split_of(path), root) is None
+    ]
+    if found:
+        available = "only " + " and ".join(found) + " was found"
+    elif partial:
+        available = (
+            f"only {', '.join(partial)} was found, without the file that goes with it"
+        )
+    else:
+        available = f"no {name} files were found at all"
     return FileNotFoundError(
         f"{name} {'/'.join(missing)} split not found: looked for {wanted} in "
         f"{searched}; {available}. To fix: point root= (or ${DATA_ROOT_ENV}) at a "

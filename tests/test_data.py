@@ -189,6 +189,17 @@ def test_missing_split_message() -> None:
     assert "download=True" in msg and "root=" in msg
 
 
+def test_images_without_labels_are_named(tmp_path: Path) -> None:
+    root = tmp_path / "mnist"
+    _write_split(root, "test")
+    (root / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("mnist", split="test", root=tmp_path)
+    msg = str(info.value)
+    assert f"only {root / 't10k-images-idx3-ubyte'} was found, without the" in msg
+    assert "no mnist files were found at all" not in msg
+
+
 def test_unknown_dataset() -> None:
     with pytest.raises(ValueError, match="expected one of 'mnist', 'fashion-mnist'"):
         load_dataset("cifar10")
