@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         "256,128 two (ignored by the CNN)",
     )
     d.add_argument(
+        "--channels",
+        type=_widths,
+        default=_DEFAULTS.channels,
+        help="CNN channels of its convolution blocks, comma separated "
+        "(ignored by the MLP)",
+    )
+    d.add_argument(
         "--dim",
         type=_positive_int,
         default=_DEFAULTS.d,
@@ -274,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_positive_int, default=_DEFAULTS.epochs, help="training epochs"
     )
     d.add_argument(
+        "--lr", type=_positive_float, default=_DEFAULTS.lr, help="Adam learning rate"
+    )
+    d.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=_DEFAULTS.batch_size,
+        help="training mini-batch size",
+    )
+    d.add_argument(
         "--seed", type=int, default=_DEFAULTS.seed, help="seed of every random choice"
     )
     d.add_argument(
@@ -338,6 +354,7 @@ def _run_delta(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         dataset=args.dataset,
         model=args.model,
         hidden=args.hidden,
+        channels=args.channels,
         m=args.m,
         n_test=args.n_test,
         split=args.split,
@@ -349,6 +366,8 @@ def _run_delta(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         orderings=args.orderings,
         threshold=args.threshold,
         epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
         seed=args.seed,
     )
     # Check the output paths now, not after minutes of computation.

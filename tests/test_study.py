@@ -287,6 +287,12 @@ def test_cli_delta_writes_json(tmp_path, capsys):
             "2",
             "--dim",
             "2",
+            "--lr",
+            "0.002",
+            "--batch-size",
+            "64",
+            "--channels",
+            "4,8",
             "--no-progress",
             "--json",
             str(out),
@@ -299,6 +305,8 @@ def test_cli_delta_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert len(data["k"]) == len(data["delta_mc"]) == 299
     assert data["settings"]["d"] == 2
+    assert data["settings"]["lr"] == 0.002 and data["settings"]["batch_size"] == 64
+    assert data["settings"]["channels"] == [4, 8]
     assert "Delta_k slope" in stdout and (tmp_path / "f.png").stat().st_size > 0
 
 
@@ -310,6 +318,9 @@ def test_cli_delta_writes_json(tmp_path, capsys):
         (["delta", "--dataset", "mnist", "--dim", "0"], "expected an integer >= 1"),
         (["delta", "--dataset", "mnist", "--sigma", "nan"], "expected a finite"),
         (["delta", "--dataset", "mnist", "--sampler", "x"], "invalid choice: 'x'"),
+        (["delta", "--dataset", "mnist", "--lr", "-1"], "expected a finite"),
+        (["delta", "--dataset", "mnist", "--batch-size", "0"], "expected an integer"),
+        (["delta", "--dataset", "mnist", "--channels", "4,x"], "--channels"),
     ],
 )
 def test_cli_bad_arguments(args, message, capsys):
