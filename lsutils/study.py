@@ -406,6 +406,10 @@ class DeltaResult:
     ordering_slopes
         ``(R,)`` slope of each ordering's curve over the same ``k`` range
         (:func:`lsutils.kstar.ordering_slopes`); ``None`` if not computed.
+    grad_norm
+        ``||grad L_m(w*)||`` of the trained network (``nan`` if unknown): how
+        far ``w*`` is from stationary, which the linear term of the closed
+        form accounts for.
     """
 
     config: StudyConfig
@@ -419,6 +423,7 @@ class DeltaResult:
     eigenvalues: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     ordering_slopes: np.ndarray | None = None
+    grad_norm: float = math.nan
 
     @property
     def slope_se_orderings(self) -> float | None:
@@ -472,6 +477,7 @@ class DeltaResult:
             "bound_constant": None if self.bound is None else self.bound.C,
             "test_accuracy": self.test_accuracy,
             "train_loss": self.train_loss,
+            "grad_norm": None if not math.isfinite(self.grad_norm) else self.grad_norm,
             "eigenvalues": None
             if self.eigenvalues is None
             else self.eigenvalues.tolist(),
@@ -528,7 +534,7 @@ class DeltaResult:
             f"{c.dataset} {c.model} m={c.m} d={c.d} sampler={c.sampler} "
             f"sigma={c.sigma:g} S={c.samples} R={c.orderings}",
             f"held-out accuracy {100 * self.test_accuracy:.2f}%, "
-            f"train loss {self.train_loss:.4f}",
+            f"train loss {self.train_loss:.4f}, |grad L_m(w*)| {self.grad_norm:.2g}",
             f"Delta_k slope over {k_range}: {self.slope.slope:.3f} "
             f"+- {self.slope.slope_se:.3f} (least squares){spread}",
             *([ratio] if ratio else []),
@@ -701,6 +707,7 @@ def run_delta(
         eigenvalues=None if eig is None else eig.detach().cpu().numpy(),
         timings=timings,
         ordering_slopes=per_slope,
+        grad_norm=prepared.result.grad_norm,
     )
     logger.info("Delta_k run finished in %.1f s", time.perf_counter() - t0)
     return result

@@ -207,6 +207,9 @@ def test_summary_small_m_uses_the_fitted_range():
     assert res.slope_se_orderings == pytest.approx(se)
     assert f"+- {se:.3f} (over orderings)" in text
     assert res.to_json_dict()["slope_se_orderings"] == pytest.approx(se)
+    g = res.grad_norm
+    assert g > 0 and res.to_json_dict()["grad_norm"] == g
+    assert f"|grad L_m(w*)| {g:.2g}" in text
     assert "median MC/closed form over k>=25: " in text and "nan" not in text
 
 
