@@ -60,6 +60,7 @@ from lsutils.hessian import (
     check_eval_mode,
     check_labels,
     check_params_used_by_loss,
+    fix_signs,
     relative_residuals,
 )
 from lsutils.models import check_backpack_extendable
@@ -368,6 +369,7 @@ def ggn_top_eigenpairs(
         values = torch.from_numpy(vals[order].copy())
         vectors = torch.from_numpy(vecs[:, order].copy())
         n_matvec = counter[0]
+    vectors = fix_signs(vectors)
     residuals = relative_residuals(apply, values, vectors)
     seconds = time.perf_counter() - t0
     logger.info(

@@ -90,6 +90,7 @@ __all__ = [
     "hvp_operator",
     # eigenpairs
     "Eigenpairs",
+    "fix_signs",
     "top_eigenpairs",
     "subspace_angles",
     # dense reference
@@ -391,6 +392,26 @@ def hvp_operator(
 
 
 # ---------------------------------------------------------------- eigenpairs
+def fix_signs(vectors: Tensor) -> Tensor:
+    """Flip columns so that each one's entry of largest magnitude is positive.
+
+    An eigenvector is defined up to its sign, and which sign Lanczos returns
+    depends on the starting vector. Points drawn around ``w*`` in the subspace
+    change with the signs of its basis, so fixing them makes results repeat
+    across runs that differ only there (for example a sweep's top-50 run cut
+    to ``d`` and a top-``d`` run).
+
+    Examples
+    --------
+    >>> fix_signs(torch.tensor([[0.6, 0.1], [-0.8, -0.9]]))
+    tensor([[-0.6000, -0.1000],
+            [ 0.8000,  0.9000]])
+    """
+    big = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[big, torch.arange(vectors.shape[1])])
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 @dataclass
 class Eigenpairs:
     """Eigenvalues, eigenvectors and their quality.
@@ -401,7 +422,8 @@ class Eigenpairs:
         ``(d,)`` float64, in descending order.
     vectors
         ``(N, d)`` float64 with orthonormal columns; column ``j`` belongs to
-        ``values[j]``.
+        ``values[j]``. Signs are fixed (:func:`fix_signs`), so runs that differ
+        only in their starting vector give the same vectors, not their negatives.
     residuals
         ``(d,)`` relative residuals ``||H v_j - lambda_j v_j|| / |lambda_j|``,
         recomputed with fresh matrix-vector products.
@@ -512,7 +534,7 @@ def top_eigenpairs(
         ) from err
     order = np.argsort(-vals)
     values = torch.from_numpy(vals[order].copy())
-    vectors = torch.from_numpy(vecs[:, order].copy())
+    vectors = fix_signs(torch.from_numpy(vecs[:, order].copy()))
     residuals = relative_residuals(op.hvp, values, vectors)
     seconds = time.perf_counter() - t0
     logger.info(

@@ -267,7 +267,8 @@ def build_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Sequential:
         )
     model = builder(seed=seed, **kwargs)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("built %s with %d parameters (seed %d)", name, n_params, seed)
+    if next(model.parameters()).device.type != "meta":  # shapes-only copies
+        logger.info("built %s with %d parameters (seed %d)", name, n_params, seed)
     return model
 
 

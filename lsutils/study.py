@@ -645,7 +645,7 @@ def run_delta(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if prepared is None:
-        _check_d_before_training(config)
+        check_d_before_training(config)
         prepared = prepare(config, progressbar=progressbar)
         timings["train"] = time.perf_counter() - t0
     else:
@@ -754,7 +754,7 @@ def _check_same_preparation(config: StudyConfig, prepared: StudyConfig) -> None:
         )
 
 
-def _check_d_before_training(config: StudyConfig) -> None:
+def check_d_before_training(config: StudyConfig) -> None:
     """Check ``d < N`` on a parameter-free copy of the network (no training)."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(config.model, seed=config.seed, **config.model_kwargs)

@@ -140,7 +140,7 @@ def _remove_stale_tmp(out: Path) -> None:
     Temporary names carry the writer's pid (``.<name>.<pid>.tmp``); files of a
     process that still runs are left alone.
     """
-    for folder in (out, out / "cells"):
+    for folder in (out, out / "cells", out / ".cache"):
         for tmp in folder.glob(".*.tmp"):
             pid = tmp.name.rsplit(".", 2)[-2]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
@@ -161,6 +161,15 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _load_subspace(path: Path) -> Subspace | None:
+    """A cached subspace, or ``None`` (with a warning) if the file is unreadable."""
+    try:
+        return Subspace(**torch.load(path, weights_only=True))
+    except Exception as err:  # any damage: recompute rather than fail every cell
+        logger.warning("cache file %s is unreadable (%s): recomputing it", path, err)
+        return None
 
 
 class _Cache:
@@ -194,15 +203,18 @@ class _Cache:
         kind, _ = SAMPLERS[config.sampler]
         key = _model_key(config)
         if kind == "hessian":
-            name = f"{key}-hessian"
+            # The number of directions is part of the name: a sweep resumed
+            # with a larger d computes (and keeps) a larger subspace.
             d = min(self.d_max[key], prepared.num_params - 1)
+            name = f"{key}-hessian-{d}"
         else:
             name = f"{key}-{kind}-{config.d}"
             d = config.d
         if name not in self.subspaces:
             path = self.root / f"{name}.pt"
-            if path.exists():
-                self.subspaces[name] = Subspace(**torch.load(path, weights_only=True))
+            cached = _load_subspace(path) if path.exists() else None
+            if cached is not None:
+                self.subspaces[name] = cached
             else:
                 # One data chunk: the gradient graph is built once and reused by
                 # every Hessian-vector product (about twice as fast at m=8000);
@@ -213,7 +225,9 @@ class _Cache:
                     extra = {"chunk_size": config.m, "dtype": torch.float32}
                 sub = make_subspace(prepared, kind, d, seed=config.seed, **extra)
                 if kind == "hessian":
-                    torch.save(dataclasses.asdict(sub), path)
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                    torch.save(dataclasses.asdict(sub), tmp)
+                    os.replace(tmp, path)  # a killed run leaves no partial file
                 self.subspaces[name] = sub
         return self.subspaces[name]
 
@@ -503,11 +517,23 @@ def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -
     os.replace(tmp, path)
 
 
-def _pending(out: Path, spec: SweepSpec) -> Iterator[tuple[str, str, StudyConfig]]:
+def _pending(
+    out: Path, spec: SweepSpec, retry_failed: bool = False
+) -> Iterator[tuple[str, str, StudyConfig]]:
+    """Cells without a record (and, with ``retry_failed``, the failed ones)."""
     for grid, cfg in spec.cells:
         cid = cell_id(grid, cfg)
-        if not (out / "cells" / f"{cid}.json").exists():
+        path = out / "cells" / f"{cid}.json"
+        if not path.exists() or (retry_failed and _failed(path)):
             yield grid, cid, cfg
+
+
+def _failed(path: Path) -> bool:
+    """Whether the cell file records a failure (no curve)."""
+    try:
+        return json.loads(path.read_text()).get("curve") is None
+    except (OSError, ValueError):
+        return True  # unreadable: run it again
 
 
 def rebuild_tables(spec: SweepSpec, out: Path | str) -> str:
@@ -584,6 +610,7 @@ def run_sweep(
     limit: int | None = None,
     progressbar: bool = True,
     tables_only: bool = False,
+    retry_failed: bool = False,
 ) -> str:
     """Run the cells of ``spec`` that are not finished yet, writing to ``out``.
 
@@ -603,6 +630,10 @@ def run_sweep(
     tables_only
         Only rewrite ``results.csv`` and ``curves.csv`` from the cell files
         (:func:`rebuild_tables`); ``limit`` must then be ``None``.
+    retry_failed
+        Run the cells recorded as failed again (a failure is a result and is
+        otherwise skipped like a finished cell; retry after fixing its cause,
+        e.g. a data root that was missing).
 
     Returns
     -------
@@ -636,7 +667,7 @@ def run_sweep(
     _atomic_write(out / "config.yaml", spec.source)
     versions = package_versions()
     _write_versions(out, versions, _read_cells(out, spec))
-    todo = list(_pending(out, spec))
+    todo = list(_pending(out, spec, retry_failed))
     skipped = len(spec.cells) - len(todo)
     if limit is not None:
         todo = todo[:limit]
@@ -663,6 +694,10 @@ def run_sweep(
                 time.perf_counter() - t0,
                 spec.curve_points,
             )
+            # top-d directions are the leading d of a top-D Lanczos run shared
+            # by the network's cells; D depends on the sweep file's largest d
+            if sub.kind == "hessian":
+                rec["hessian_directions"] = sub.dim
         except (ValueError, RuntimeError, FloatingPointError) as err:
             # A diverged training or a NaN loss is a result of this cell, not a
             # reason to stop the others.
@@ -679,9 +714,12 @@ def run_sweep(
     n_ok, n_failed = _write_tables(out, records)
     _write_versions(out, versions, records)
     remaining = len(list(_pending(out, spec)))
+    retry = (
+        " (rerun with --retry-failed to run the failed cells again)" if n_failed else ""
+    )
     return (
         f"sweep {out}: {len(todo)} cells run in {time.perf_counter() - start:.0f} s, "
-        f"{skipped} skipped as finished, {n_ok} ok and {n_failed} failed in all, "
-        f"{remaining} still to run; wrote {out / 'results.csv'} and "
+        f"{skipped} skipped as finished, {n_ok} ok and {n_failed} failed in all"
+        f"{retry}, {remaining} still to run; wrote {out / 'results.csv'} and "
         f"{out / 'curves.csv'}"
     )

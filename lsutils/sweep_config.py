@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 import yaml
 
 from lsutils._checks import check_int_range, check_positive_float
-from lsutils.study import StudyConfig
+from lsutils.study import StudyConfig, check_d_before_training
 
 __all__ = ["SweepSpec", "cell_id", "load_sweep_config"]
 
@@ -145,20 +146,35 @@ def load_sweep_config(path: Path | str) -> SweepSpec:
         raise _fail(
             path, f"'grids' must be a non-empty list of mappings, got {grids!r}"
         )
+    if "threshold" in base:
+        raise _fail(
+            path,
+            "base: field 'threshold' is not used by a sweep: k* is read off at "
+            "every value of the top-level 'thresholds' list; move it there",
+        )
     cells: list[tuple[str, StudyConfig]] = []
-    # cell id -> (grid index, grid values) of the grid that produced it first
+    # grid name + effective settings -> (grid index, grid values) of the grid
+    # that produced the cell first
     seen: dict[str, tuple[int, dict[str, Any]]] = {}
     for i, grid in enumerate(grids):
         name, axes = _parse_grid(path, i, grid)
+        if "threshold" in axes:
+            raise _fail(
+                path,
+                f"grid {name!r}: field 'threshold' is not used by a sweep: k* is "
+                "read off at every value of the top-level 'thresholds' list; "
+                "move the values there",
+            )
         keys = list(axes)
         for combo in itertools.product(*(axes[k] for k in keys)):
             values = dict(zip(keys, combo, strict=True))
             config = _make_config(path, name, base, values)
-            cid = cell_id(name, config)
-            if cid in seen:
-                raise _duplicate_cell(path, name, i, values, *seen[cid])
-            seen[cid] = (i, values)
+            key = f"{name}:{_effective_key(config)}"
+            if key in seen:
+                raise _duplicate_cell(path, name, i, values, *seen[key])
+            seen[key] = (i, values)
             cells.append((name, config))
+    _check_d(path, cells)
     _log_shared_settings(path, cells)
     return SweepSpec(tuple(cells), thresholds, text, points, path)
 
@@ -259,6 +275,44 @@ def _culprit(merged: Mapping[str, Any], values: Mapping[str, Any]) -> str | None
         except (ValueError, TypeError):
             return key
     return None
+
+
+def _effective_key(config: StudyConfig) -> str:
+    """The settings that change a cell's numbers, as canonical JSON.
+
+    Leaves out what the cell does not use: ``hidden`` for the CNN, ``channels``
+    for the MLP, ``threshold`` (a sweep reads ``k*`` at every value of its
+    ``thresholds``), and spells ``data_root`` in normal form.
+    """
+    values = config.to_dict()
+    values.pop("threshold", None)
+    values.pop("channels" if config.model == "mlp" else "hidden", None)
+    if values.get("data_root") is not None:
+        values["data_root"] = os.path.normpath(values["data_root"])
+    return json.dumps(values, sort_keys=True)
+
+
+def _check_d(path: Path, cells: Sequence[tuple[str, StudyConfig]]) -> None:
+    """Refuse a ``d`` the cell's network cannot have (``d >= N``), before any run.
+
+    The parameter count comes from the network built on PyTorch's ``meta``
+    device (shapes only).
+    """
+    checked: set[tuple[str, int]] = set()
+    for grid, config in cells:
+        key = (
+            json.dumps([config.model, config.model_kwargs], sort_keys=True),
+            config.d,
+        )
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            check_d_before_training(config)
+        except ValueError as err:
+            raise _fail(
+                path, f"grid {grid!r}, field 'd' = {config.d} ({config.model}): {err}"
+            ) from None
 
 
 def _duplicate_cell(

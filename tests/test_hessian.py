@@ -277,6 +277,21 @@ def test_which_lm_finds_dominant_negative_eigenvalue() -> None:
     np.testing.assert_allclose(lm4.values.numpy(), np.sort(by_magnitude)[::-1], 1e-8)
 
 
+def test_eigenvector_signs_do_not_depend_on_the_start() -> None:
+    model, (X, y) = CASES["mlp-tanh"][0](), _data((1, 6))
+    a = top_eigenpairs(model, X, y, 3, seed=0, tol=1e-12)
+    b = top_eigenpairs(model, X, y, 3, seed=7, tol=1e-12)
+    # a top-1 run cut from nothing and the leading vector of a top-3 run
+    c = top_eigenpairs(model, X, y, 1, seed=3, tol=1e-12)
+    assert torch.allclose(a.vectors, b.vectors, atol=1e-8)
+    assert torch.allclose(a.vectors[:, :1], c.vectors, atol=1e-8)
+    big = a.vectors.abs().argmax(dim=0)
+    assert bool((a.vectors[big, torch.arange(3)] > 0).all())
+    g1 = ggn_top_eigenpairs(model, X, y, 2, seed=0, memory_budget=1)
+    g2 = ggn_top_eigenpairs(model, X, y, 2)  # dense route
+    assert torch.allclose(g1.vectors, g2.vectors, atol=1e-6)
+
+
 def test_top_eigenpairs_seed_is_deterministic() -> None:
     model, X, y = CASES["cnn"][0](), *_data((1, 6, 6))
     a = top_eigenpairs(model, X, y, 2, seed=3)

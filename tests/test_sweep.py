@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,10 @@ def test_grid_names_are_checked(tmp_path):
          r"\(hidden=64\): the values hidden: \[64\] and 64 are the same setting"),
         ("[{name: main, d: [1, 2]}, {name: main, d: [2, 3]}]", r"grids 0 and 1 "
          r"\(both named 'main'\) both produce the cell d=2.*run twice"),
+        # the CNN does not use hidden: these are one cell twice
+        ("[{name: c, model: [cnn], hidden: [[16], [32]]}]", r"grid 'c' gives the "
+         r"same cell twice"),
+        ("[{name: r, data_root: [/x, /x/]}]", r"grid 'r' gives the same cell twice"),
     ],
 )  # fmt: skip
 def test_duplicate_cells_are_refused(tmp_path, grids, message):
@@ -461,3 +466,56 @@ def test_git_commit_flags_uncommitted_package_changes(tmp_path):
     (pkg / "a.py").write_text("x = 2\n")
     assert sweep._git_commit(pkg) == f"{clean}+dirty"
     assert sweep._git_commit(tmp_path.parent / "nowhere") == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("base", "grid", "message"),
+    [
+        ("{}", "d: [1000000]", r"grid 'main', field 'd' = 1000000 \(mlp\): "
+         r"d=1000000 is out of range.*N=101770 parameters"),
+        ("{hidden: [1]}", "d: [2, 900]", r"field 'd' = 900 .*N=805 parameters"),
+        ("{}", "threshold: [1.0e-3]", r"grid 'main': field 'threshold' is not used"),
+        ("{threshold: 1.0e-3}", "d: [1]", r"base: field 'threshold' is not used"),
+    ],
+)  # fmt: skip
+def test_cells_the_sweep_cannot_run_are_refused_at_load(tmp_path, base, grid, message):
+    text = f"base: {base}\nthresholds: [1.0e-5]\ngrids: [{{name: main, {grid}}}]\n"
+    with pytest.raises(ValueError, match=message):
+        _spec(tmp_path, text, "bad.yaml")
+
+
+def test_resume_with_a_larger_d_computes_a_larger_subspace(finished, tmp_path):
+    out = _copy(finished, tmp_path / "out")
+    shutil.copytree(finished[0] / ".cache", out / ".cache")
+    assert [p.name for p in (out / ".cache").glob("*hessian*")] == [
+        next((out / ".cache").glob("*hessian*")).name
+    ]
+    spec = _spec(tmp_path, SWEEP.replace("d: [1]", "d: [1, 3]"), "more.yaml")
+    summary = run_sweep(spec, out, progressbar=False)
+    assert "2 cells run" in summary and "0 failed" in summary
+    names = sorted(
+        p.name.rsplit("-", 1)[-1] for p in (out / ".cache").glob("*hessian*")
+    )
+    assert names == ["1.pt", "3.pt"]  # the old top-1 and the new top-3 subspace
+    new = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert sorted(r.get("hessian_directions") or 0 for r in new) == [0, 0, 1, 3]
+
+
+def test_damaged_cache_is_recomputed_and_failed_cells_retried(tmp_path, caplog):
+    spec = _spec(tmp_path, SWEEP.replace("[gaussian, random]", "[gaussian]"))
+    out = tmp_path / "out"
+    run_sweep(spec, out, limit=0, progressbar=False)
+    name = f"{sweep._model_key(spec.cells[0][1])}-hessian-1.pt"
+    (out / ".cache" / name).write_bytes(b"PK\x03\x04 truncated")  # killed mid-save
+    with caplog.at_level(logging.WARNING, logger="lsutils.sweep"):
+        summary = run_sweep(spec, out, progressbar=False)
+    assert "0 failed" in summary and "is unreadable" in caplog.text
+    # a failed cell is a result: skipped on resume unless retried
+    (cid,) = [p for p in (out / "cells").glob("*.json")]
+    rec = json.loads(cid.read_text())
+    cid.write_text(json.dumps({**rec, "curve": None}))
+    assert "1 skipped" in run_sweep(spec, out, progressbar=False)
+    assert "--retry-failed" in run_sweep(spec, out, progressbar=False)
+    summary = run_sweep(spec, out, progressbar=False, retry_failed=True)
+    assert "1 cells run" in summary and "0 failed" in summary
+    assert json.loads(cid.read_text())["curve"] is not None
