@@ -34,14 +34,37 @@ logger = logging.getLogger("lsutils")
 
 _DEFAULTS = StudyConfig()
 
+# Seeds are limited to ``0 <= seed < 2**63``: torch accepts seeds below
+# ``2**64`` and the study derives ``seed + 1`` and ``seed + 2`` from it, and
+# ``2**63`` keeps every seed a signed 64-bit integer wherever it is stored.
+_SEED_LIMIT = 2**63
 
-def _positive_int(text: str) -> int:
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _seed(text: str) -> int:
+    value = _int_at_least(text, 0)
+    if value >= _SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer with 0 <= seed < 2**63 = {_SEED_LIMIT}, got "
+            f"{value}; choose a smaller seed"
+        )
     return value
 
 
@@ -290,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="training mini-batch size",
     )
     d.add_argument(
-        "--seed", type=int, default=_DEFAULTS.seed, help="seed of every random choice"
+        "--seed",
+        type=_seed,
+        default=_DEFAULTS.seed,
+        help="seed of every random choice (0 <= seed < 2**63)",
     )
     d.add_argument(
         "--json",
@@ -332,15 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--limit",
-        type=_positive_int,
+        type=_nonnegative_int,
         default=None,
-        help="run at most this many new cells, then stop",
+        help="run at most this many new cells, then stop (0: run none, only set "
+        "up the folder and rewrite the tables, config.yaml and versions.json)",
     )
     s.add_argument(
         "--tables-only",
         action="store_true",
         help="run no cell: only rewrite results.csv and curves.csv from the cell "
         "files (after an lsutils update changed the tables)",
+    )
+    s.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run the cells recorded as failed again (after fixing the cause)",
     )
     s.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_quiet(s, after_command=True)
@@ -371,6 +403,16 @@ def _run_delta(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         seed=args.seed,
     )
     # Check the output paths now, not after minutes of computation.
+    if (
+        args.json is not None
+        and args.figure is not None
+        and args.json.resolve() == args.figure.resolve()
+    ):
+        raise ValueError(
+            f"--json {args.json} and --figure {args.figure} name the same file: "
+            "the figure would overwrite the JSON; give two paths, such as "
+            "delta.json and delta.png"
+        )
     if args.json is not None:
         _check_output_file(args.json, "--json")
     if args.figure is not None:
@@ -395,6 +437,17 @@ def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from lsutils.sweep import run_sweep
     from lsutils.sweep_config import load_sweep_config
 
+    if args.config.is_dir():
+        copy = args.config / "config.yaml"
+        kept = (
+            f"; {copy} is the copy a sweep keeps in its output folder"
+            if copy.is_file()
+            else ""
+        )
+        raise ValueError(
+            f"--config {args.config} is a folder, not a file: give the YAML sweep "
+            f"file, such as experiments/quick.yaml{kept}"
+        )
     spec = load_sweep_config(args.config)
     _check_output_dir(args.out, "--out")
     summary = run_sweep(
@@ -403,6 +456,7 @@ def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         limit=args.limit,
         progressbar=not args.no_progress,
         tables_only=args.tables_only,
+        retry_failed=args.retry_failed,
     )
     print(summary)
     return 0

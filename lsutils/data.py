@@ -176,9 +176,10 @@ def embedded_root() -> Path:
     if not (path / "mnist").is_dir():
         raise FileNotFoundError(
             f"the embedded data folder {path} is absent (lsutils seems to be "
-            "installed without its repository). Pass root= to load_dataset or set "
-            f"{DATA_ROOT_ENV} to a folder holding mnist/ or fashion-mnist/, or "
-            "install lsutils editable from a clone (pip install -e .)"
+            "installed without its repository). Pass root= to load_dataset "
+            f"(--data-root on the command line) or set {DATA_ROOT_ENV} to a folder "
+            "holding mnist/ or fashion-mnist/, or install lsutils editable from a "
+            "clone (pip install -e .)"
         )
     return path
 
@@ -204,7 +205,7 @@ def resolve_data_root(root: str | Path | None) -> Path:
         If the given folder (or the one in the environment variable) does not
         exist.
     """
-    origin = "root"
+    origin = "root= / --data-root"
     if root is None:
         env = os.environ.get(DATA_ROOT_ENV, "").strip()
         if not env:
@@ -214,9 +215,10 @@ def resolve_data_root(root: str | Path | None) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(
             f"data root {str(path)!r} (from {origin}) is absent or not a folder. "
-            "The embedded default needs no root (use root=None and leave "
-            f"{DATA_ROOT_ENV} unset); for full sets pass the folder holding "
-            "mnist/ or fashion-mnist/, such as ../shared/data"
+            "The embedded default needs no root (leave out root= in Python and "
+            f"--data-root on the command line, and leave {DATA_ROOT_ENV} unset); "
+            "for full sets give the folder holding mnist/ or fashion-mnist/, such "
+            "as ../shared/data"
         )
     return path
 
@@ -337,10 +339,12 @@ def _missing_split_error(
         available = f"no {name} files were found at all"
     return FileNotFoundError(
         f"{name} {'/'.join(missing)} split not found: looked for {wanted} in "
-        f"{searched}; {available}. To fix: point root= (or ${DATA_ROOT_ENV}) at a "
-        f"folder holding the {'/'.join(missing)} files (layouts <root>/"
-        f"{_TV_NAMES[name]}/raw/, <root>/{name}/ or <root>/), or pass "
-        "download=True when the machine is online"
+        f"{searched}; {available}. To fix: point root= in Python (--data-root on "
+        f"the command line, or ${DATA_ROOT_ENV} for both) at a folder holding the "
+        f"{'/'.join(missing)} files (layouts <root>/{_TV_NAMES[name]}/raw/, "
+        f"<root>/{name}/ or <root>/), or, in Python only (the command line has no "
+        "download option), pass download=True to load_dataset when the machine "
+        "is online"
     )
 
 
@@ -489,7 +493,8 @@ def load_dataset(
             1,
             total,
             hint=f"the {name} {split} split has only {total} samples; lower n or "
-            "load a larger split (split='train' or 'all' from a full data root)",
+            "load a larger split (split='train' or 'all', --split on the command "
+            "line, from a full data root)",
         )
         images, labels = images[:n], labels[:n]
     mean, std = _STATS[name]
@@ -536,8 +541,9 @@ def train_test_split(
     if n_train + n_test > len(ds):
         raise ValueError(
             f"n_train + n_test = {n_train} + {n_test} = {n_train + n_test} exceeds "
-            f"the {len(ds)} samples of {ds.name} {ds.split}; lower them or load a "
-            "larger split (split='train' or 'all' from a full data root)"
+            f"the {len(ds)} samples of {ds.name} {ds.split}; lower them (--m and "
+            "--n-test on the command line) or load a larger split (split='train' "
+            "or 'all', --split on the command line, from a full data root)"
         )
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=gen)

@@ -128,6 +128,59 @@ def fit_slope(k: ArrayLike, value: ArrayLike, k_min: int = 100) -> SlopeFit:
     return SlopeFit(slope, intercept, se, k_min, n)
 
 
+def _check_curve(curve: object, made_by: str, need_orderings: bool) -> DeltaCurve:
+    """Return ``curve`` if it is a valid ``Delta_k`` curve, else raise.
+
+    Valid: a :class:`DeltaCurve` with strictly increasing ``k >= 1``, finite
+    and non-negative ``value``, ``se`` and ``per_ordering`` (a NaN would
+    otherwise count as "above the threshold" and move ``k*``), and, when
+    ``need_orderings``, at least one ordering.
+    """
+    if not isinstance(curve, DeltaCurve):
+        raise ValueError(
+            f"curve must be a DeltaCurve (from {made_by}), got {type(curve)}"
+        )
+    k = curve.k
+    bad_k = np.flatnonzero(np.diff(k) <= 0)
+    if k[0] < 1 or bad_k.size:
+        where = (
+            f"k[0] = {k[0]}"
+            if k[0] < 1
+            else f"k[{bad_k[0] + 1}] = {k[bad_k[0] + 1]} after k[{bad_k[0]}] = "
+            f"{k[bad_k[0]]}"
+        )
+        raise ValueError(
+            "curve.k must be strictly increasing dataset sizes >= 1 (k = 2..m, as "
+            f"delta_mc and delta_taylor give), got {where}; sort the curve by k "
+            "and drop repeated sizes"
+        )
+    if need_orderings and curve.per_ordering.shape[0] == 0:
+        raise ValueError(
+            f"curve has no orderings (per_ordering of shape "
+            f"{curve.per_ordering.shape}): the spread of k* over orderings needs "
+            "at least one; build the curve with delta_mc or delta_taylor from "
+            "orderings(m, R, seed) with R >= 1, or pass value[None] as per_ordering"
+        )
+    for name in ("value", "se", "per_ordering"):
+        arr = getattr(curve, name)
+        for bad, what in (
+            (~np.isfinite(arr), "NaN or infinite"),
+            (arr < 0, "negative"),
+        ):
+            if not bad.any():
+                continue
+            first = np.argwhere(bad)[0]
+            raise ValueError(
+                f"curve.{name} holds {int(bad.sum())} {what} entr"
+                f"{'y' if bad.sum() == 1 else 'ies'} (first: {arr[tuple(first)]} "
+                f"at k = {k[first[-1]]}): expected finite values >= 0 (Delta_k is "
+                "a mean of squares, se its standard error); rebuild the curve with "
+                "delta_mc or delta_taylor (they refuse non-finite losses) or drop "
+                "those k"
+            )
+    return curve
+
+
 def ordering_slopes(curve: DeltaCurve, k_min: int = 100) -> NDArray[np.float64]:
     """Log-log slope of each ordering's ``Delta_k`` curve.
 
@@ -150,7 +203,16 @@ def ordering_slopes(curve: DeltaCurve, k_min: int = 100) -> NDArray[np.float64]:
     -------
     numpy.ndarray
         ``(R,)`` slopes; ``nan`` for an ordering whose fit fails (fewer than 3
-        positive points with ``k >= k_min``).
+        positive points with ``k >= k_min``); empty for a curve without
+        orderings (``R = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``curve`` is not a :class:`~lsutils.delta.DeltaCurve`, its ``k`` is
+        not strictly increasing from ``>= 1``, or ``value``, ``se`` or
+        ``per_ordering`` hold a NaN, infinite or negative entry; or if ``k_min``
+        is below 1.
 
     Examples
     --------
@@ -160,10 +222,7 @@ def ordering_slopes(curve: DeltaCurve, k_min: int = 100) -> NDArray[np.float64]:
     >>> np.round(ordering_slopes(curve), 6)
     array([-2. , -2.5])
     """
-    if not isinstance(curve, DeltaCurve):
-        raise ValueError(
-            f"curve must be a DeltaCurve (from delta_mc), got {type(curve)}"
-        )
+    curve = _check_curve(curve, "delta_mc", need_orderings=False)
     k_min = check_int_range("k_min", k_min, 1)
     out = np.full(curve.per_ordering.shape[0], np.nan)
     for r, row in enumerate(curve.per_ordering):
@@ -325,6 +384,15 @@ def sufficient_size(
     -------
     KStar
 
+    Raises
+    ------
+    ValueError
+        If ``curve`` is not a :class:`~lsutils.delta.DeltaCurve`, its ``k`` is
+        not strictly increasing from ``>= 1``, it has no orderings, or
+        ``value``, ``se`` or ``per_ordering`` hold a NaN, infinite or negative
+        entry (a NaN would silently count as above the threshold); or if an
+        argument is out of range.
+
     Examples
     --------
     >>> kk = np.arange(2, 1001)
@@ -336,11 +404,7 @@ def sufficient_size(
     >>> res.reached, round(res.k_extrapolated)
     (False, 3162)
     """
-    if not isinstance(curve, DeltaCurve):
-        raise ValueError(
-            f"curve must be a DeltaCurve (from delta_mc or delta_taylor), got "
-            f"{type(curve)}"
-        )
+    curve = _check_curve(curve, "delta_mc or delta_taylor", need_orderings=True)
     threshold = check_positive_float("threshold", threshold)
     if window is not None:
         window = check_int_range("window", window, 0, hint="or None for k -> 2k")

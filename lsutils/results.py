@@ -79,7 +79,12 @@ def _parse(column: str, text: str) -> Any:
     stay strings.
     """
     if column in _INT_COLUMNS:
-        return None if text == "" else int(float(text))
+        if text == "":
+            return None
+        try:
+            return int(text)  # exact, also for seeds beyond 2**53
+        except ValueError:
+            return int(float(text))  # "200.0", "1e3"
     if column in _FLOAT_COLUMNS:
         return math.nan if text == "" else float(text)
     if column in _BOOL_COLUMNS:
@@ -273,15 +278,39 @@ class SweepRun:
         """Identifiers of the cells with rows, in first-seen order."""
         return list(dict.fromkeys(r["cell"] for r in self.rows))
 
+    def _finished_with(self, ok: bool, of_spec: bool = True) -> set[str]:
+        """Finished cells whose status is (not) ``ok``, of the sweep file or not."""
+        cells = {r["cell"] for r in self.rows if (r["status"] == "ok") == ok}
+        if not self.expected:
+            return cells if of_spec else set()
+        expected = set(self.expected)
+        return cells & expected if of_spec else cells - expected
+
     @property
     def n_ok(self) -> int:
-        """Number of finished cells whose status is ``ok``."""
-        return len({r["cell"] for r in self.rows if r["status"] == "ok"})
+        """Finished cells of the sweep file whose status is ``ok``.
+
+        Without a sweep file: every finished cell whose status is ``ok``.
+        """
+        return len(self._finished_with(ok=True))
 
     @property
     def n_failed(self) -> int:
-        """Number of finished cells recorded as failed."""
-        return len({r["cell"] for r in self.rows if r["status"] != "ok"})
+        """Finished cells of the sweep file recorded as failed.
+
+        Without a sweep file: every finished cell recorded as failed.
+        """
+        return len(self._finished_with(ok=False))
+
+    @property
+    def n_other(self) -> int:
+        """Finished cells in the tables that are not cells of the sweep file.
+
+        They are left out of :attr:`n_finished`, :attr:`n_ok` and
+        :attr:`n_failed` (and :func:`check_integrity` reports each); ``0``
+        without a sweep file.
+        """
+        return len(set(self.finished) - set(self.expected)) if self.expected else 0
 
     @property
     def n_total(self) -> int:
@@ -302,11 +331,23 @@ class SweepRun:
         return self.n_total > 0 and self.n_finished == self.n_total
 
     def status(self) -> str:
-        """One sentence: how many cells finished, succeeded and failed."""
-        return (
+        """One sentence: how many cells finished, succeeded and failed.
+
+        The counts are over the cells of the sweep file; finished cells of
+        other settings in the tables are named after them, not counted in.
+        """
+        text = (
             f"{self.n_finished} of {self.n_total} cells finished "
             f"({self.n_ok} ok, {self.n_failed} failed)"
         )
+        if self.n_other:
+            ok = len(self._finished_with(ok=True, of_spec=False))
+            failed = len(self._finished_with(ok=False, of_spec=False))
+            text += (
+                f"; the tables also hold {self.n_other} cell(s) that are not in "
+                f"the sweep file ({ok} ok, {failed} failed), not counted here"
+            )
+        return text
 
     def admonition(self) -> str:
         """A MyST ``note`` (complete run) or ``warning`` (partial run) box.

@@ -16,6 +16,7 @@ Used by chapter 7 (``notebooks/07_experiments.ipynb``).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,81 @@ __all__ = [
     "markdown_table",
     "summary_table",
 ]
+
+
+#: Shown for a value that is missing or not a finite number (an en dash).
+_DASH = "\u2013"
+
+#: Columns of ``results.csv`` that differ between the rows of one cell (one
+#: row per threshold); the other columns are the same in every row of a cell.
+_PER_THRESHOLD = frozenset(
+    {"threshold", "k_star", "k_star_lo", "k_star_hi", "k_star_reached"}
+    | {"k_star_window_complete", "k_star_extrapolated", "k_star_bound"}
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec``, or an en dash if missing or not finite."""
+    if _is_number(value) and math.isfinite(value):
+        return format(value, spec)
+    return _DASH
+
+
+def _check_one_threshold(rows: Sequence[Mapping[str, Any]], what: str) -> float | None:
+    """Refuse rows of several thresholds or a cell given twice.
+
+    Rows of ``results.csv`` hold one row per cell and threshold, so a cell
+    passed with all its thresholds would count once per threshold.
+
+    Parameters
+    ----------
+    rows
+        Rows of :func:`lsutils.results.read_results` (rows without a
+        ``threshold`` or ``cell`` entry are not checked for it).
+    what
+        The caller, for the message (``"trend"``).
+
+    Returns
+    -------
+    float or None
+        The one threshold of the rows, ``None`` if they hold none.
+
+    Raises
+    ------
+    ValueError
+        If the rows hold more than one threshold, or a ``cell`` value in more
+        than one row.
+    """
+    thresholds: list[float] = []
+    for row in rows:
+        t = row.get("threshold")
+        if _is_number(t) and not any(_matches(float(t), u) for u in thresholds):
+            thresholds.append(float(t))
+    if len(thresholds) > 1:
+        thresholds.sort(reverse=True)
+        raise ValueError(
+            f"{what} got rows of {len(thresholds)} thresholds "
+            f"({', '.join(f'{t:g}' for t in thresholds)}): results.csv has one row "
+            "per cell and threshold, so each cell would count once per threshold; "
+            "select one threshold first, e.g. tables.select(rows, "
+            f"threshold={thresholds[-1]:g})"
+        )
+    counts = Counter(row.get("cell") for row in rows if row.get("cell") is not None)
+    repeated = [(cid, n) for cid, n in counts.items() if n > 1]
+    if repeated:
+        cid, n = repeated[0]
+        more = f" (and {len(repeated) - 1} more cells)" if len(repeated) > 1 else ""
+        example = f"{thresholds[0]:g}" if thresholds else "1e-6"
+        raise ValueError(
+            f"{what} got cell {cid} in {n} rows{more}: each cell must occur once; "
+            "select one threshold first, e.g. tables.select(rows, "
+            f"threshold={example}), and do not pass the same rows twice"
+        )
+    return thresholds[0] if thresholds else None
 
 
 def _matches(value: Any, wanted: Any) -> bool:
@@ -274,19 +350,46 @@ def cell_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table with one line per cell: setting, ``k*`` and diagnostics.
 
     Columns: data set, network (hidden widths or channels), ``d``, sampler,
-    ``sigma``, ``k*`` with its band (:func:`format_k_star`), held-out accuracy,
-    fitted slope with its standard error, and the median ratio of the Monte
-    Carlo estimate to the closed form. Pass the rows of one threshold.
+    ``sigma``, ``k*`` with its band (:func:`format_k_star`; the header names the
+    threshold), held-out accuracy, fitted slope with its standard error, and
+    the median ratio of the Monte Carlo estimate to the closed form. A failed
+    cell shows ``failed`` as its ``k*`` and an en dash for every value it lacks,
+    and so does a value that does not apply (no closed form for the ``full``
+    sampler).
+
+    Parameters
+    ----------
+    rows
+        Rows of :func:`lsutils.results.read_results` of one threshold, e.g.
+        ``select(rows, threshold=1e-6)``.
+
+    Returns
+    -------
+    str
+        The Markdown table.
+
+    Raises
+    ------
+    ValueError
+        If the rows hold more than one threshold or a cell twice (each cell
+        would show once per threshold).
     """
-    head = ["dataset", "model", "layers", "d", "sampler", "sigma", "k*",
+    threshold = _check_one_threshold(rows, "cell_table")
+    k_head = "k*" if threshold is None else f"k* (\u0394 = {threshold:g})"
+    head = ["dataset", "model", "layers", "d", "sampler", "sigma", k_head,
             "accuracy", "slope", "MC / closed form"]  # fmt: skip
-    body = [
-        [r["dataset"], r["model"], r["hidden"] or r["channels"], r["d"],
-         r["sampler"], f"{r['sigma']:g}", format_k_star(r),
-         f"{r['test_accuracy']:.3f}", f"{r['slope']:.2f} ± {r['slope_se']:.2f}",
-         f"{r['mc_over_taylor']:.2f}"]
-        for r in rows
-    ]  # fmt: skip
+    body = []
+    for r in rows:
+        layers = r.get("hidden") or r.get("channels") or _DASH
+        slope, se = _fmt(r.get("slope"), ".2f"), _fmt(r.get("slope_se"), ".2f")
+        if slope != _DASH and se != _DASH:
+            slope = f"{slope} ± {se}"
+        body.append(
+            [r["dataset"], r["model"], layers, r["d"], r["sampler"],
+             _fmt(r.get("sigma"), "g"), format_k_star(r),
+             _fmt(r.get("test_accuracy"), ".3f"), slope,
+             _fmt(r.get("mc_over_taylor"), ".2f")]
+        )  # fmt: skip
     return markdown_table(head, body)
 
 
@@ -297,31 +400,60 @@ def summary_table(
 ) -> str:
     """Markdown table of ``min / median / max`` of ``columns`` per group.
 
-    Missing (``nan``) values are left out; a column with none left shows an
-    en dash. The ``cells`` column counts the rows of each group.
+    The ``cells`` column counts the distinct cells (column ``cell``) of each
+    group, and each cell enters the statistics once (with its first row), so
+    rows of several thresholds may be passed for columns that are the same in
+    every row of a cell (accuracy, slope, ...). Missing (``nan``) values are
+    left out; a column with none left shows an en dash.
+
+    Parameters
+    ----------
+    rows
+        Rows of :func:`lsutils.results.read_results`; of one threshold if a
+        column depends on it (``k_star`` and its band, ``k_star_reached``,
+        ``k_star_window_complete``, ``k_star_extrapolated``,
+        ``k_star_bound``, ``threshold``).
+    by
+        Grouping columns.
+    columns
+        Numeric columns to summarise.
+
+    Returns
+    -------
+    str
+        The Markdown table.
 
     Raises
     ------
     ValueError
-        If a name is not a column of ``results.csv``.
+        If a name is not a column of ``results.csv``, or a column depends on
+        the threshold and the rows hold more than one threshold or a cell
+        twice.
     """
     for name in (*by, *columns):
         check_choice("column", name, RESULT_COLUMNS)
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[b] for b in by), []).append(row)
+    per_threshold = [c for c in columns if c in _PER_THRESHOLD]
+    if per_threshold:
+        _check_one_threshold(rows, f"summary_table of {', '.join(per_threshold)}")
+    groups: dict[tuple[Any, ...], dict[Any, Mapping[str, Any]]] = {}
+    for i, row in enumerate(rows):
+        cid = row.get("cell")
+        # one entry per cell (rows without a cell id count as cells of their own)
+        key = ("row", i) if cid is None else ("cell", cid)
+        groups.setdefault(tuple(row[b] for b in by), {}).setdefault(key, row)
     body = []
     for key in sorted(groups, key=lambda t: [_sort_key(v) for v in t]):
-        cells = []
+        cells = list(groups[key].values())
+        stats = []
         for col in columns:
-            v = np.array([r[col] for r in groups[key]], dtype=np.float64)
+            v = np.array([r[col] for r in cells], dtype=np.float64)
             v = v[np.isfinite(v)]
-            cells.append(
+            stats.append(
                 f"{v.min():.3g} / {np.median(v):.3g} / {v.max():.3g}"
                 if v.size
-                else "\u2013"
+                else _DASH
             )
-        body.append([*key, len(groups[key]), *cells])
+        body.append([*key, len(cells), *stats])
     return markdown_table([*by, "cells", *columns], body)
 
 

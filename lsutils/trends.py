@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from lsutils._checks import check_choice, check_int_range
 from lsutils.sweep import RESULT_COLUMNS
-from lsutils.tables import _sort_key
+from lsutils.tables import _check_one_threshold, _sort_key
 
 __all__ = [
     # rank correlation
@@ -153,8 +153,9 @@ def trend(
     Parameters
     ----------
     rows
-        Rows with one entry per ``x`` value and group (filter by grid and one
-        threshold first).
+        Rows of one grid and one threshold, e.g.
+        ``tables.select(rows, grid="width", threshold=1e-6)``: each cell must
+        count once, or ``n`` and the significance would be inflated.
     x, y
         Column names of numeric columns; rows where either is missing or not
         finite are left out.
@@ -169,12 +170,14 @@ def trend(
     Raises
     ------
     ValueError
-        If a column name is not a column of ``results.csv``.
+        If a column name is not a column of ``results.csv``, or the rows hold
+        more than one threshold or a cell (column ``cell``) twice.
     """
     from scipy.stats import spearmanr
 
     for name in (x, y, *by):
         check_choice("column", name, RESULT_COLUMNS)
+    _check_one_threshold(rows, "trend")
     groups: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
     for row in rows:
         key = tuple(row.get(b) for b in by)

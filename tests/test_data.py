@@ -88,7 +88,9 @@ def test_embedded_root_is_repo_data() -> None:
 def test_embedded_root_absent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(data_mod, "__file__", str(tmp_path / "pkg" / "data.py"))
     with pytest.raises(
-        FileNotFoundError, match="absent.*Pass root=.*LSUTILS_DATA_ROOT"
+        FileNotFoundError,
+        match=r"absent.*Pass root= to load_dataset \(--data-root on the command "
+        r"line\) or set LSUTILS_DATA_ROOT",
     ):
         embedded_root()
 
@@ -154,7 +156,10 @@ def test_env_var_root_absent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_root_absent(tmp_path: Path) -> None:
     with pytest.raises(
-        FileNotFoundError, match="nowhere.*is absent.*embedded default needs no root"
+        FileNotFoundError,
+        match=r"nowhere' \(from root= / --data-root\) is absent.*embedded default "
+        r"needs no root \(leave out root= in Python and --data-root on the command "
+        r"line, and leave LSUTILS_DATA_ROOT unset\)",
     ):
         load_dataset("mnist", root=tmp_path / "nowhere")
 
@@ -187,6 +192,9 @@ def test_missing_split_message() -> None:
     assert str(embedded_root() / "MNIST" / "raw") in msg
     assert "only the test split (10000 samples)" in msg
     assert "download=True" in msg and "root=" in msg
+    # the command line user is told the option, and that download is library-only
+    assert "--data-root on the command line, or $LSUTILS_DATA_ROOT for both" in msg
+    assert "in Python only (the command line has no download option)" in msg
 
 
 def test_images_without_labels_are_named(tmp_path: Path) -> None:
@@ -211,7 +219,9 @@ def test_unknown_split() -> None:
 
 
 def test_n_too_large() -> None:
-    with pytest.raises(ValueError, match="n <= 10000.*has only 10000 samples"):
+    with pytest.raises(
+        ValueError, match="n <= 10000.*has only 10000 samples.*--split on the command"
+    ):
         load_dataset("mnist", n=10_001)
 
 
@@ -336,7 +346,11 @@ def test_split_disjoint_and_deterministic(mnist_small: Dataset) -> None:
 
 
 def test_split_too_large(mnist_small: Dataset) -> None:
-    with pytest.raises(ValueError, match="200 \\+ 100 = 300 exceeds the 256 samples"):
+    with pytest.raises(
+        ValueError,
+        match=r"200 \+ 100 = 300 exceeds the 256 samples.*--m and --n-test on the "
+        r"command line.*--split on the command line",
+    ):
         train_test_split(mnist_small, 200, 100, seed=0)
 
 

@@ -530,3 +530,76 @@ def test_delta_curve_container() -> None:
         curve.at(7)
     with pytest.raises(ValueError, match=r"DeltaCurve expects k, value, se of shape"):
         DeltaCurve(np.arange(3), np.ones(2), np.ones(3), np.ones((1, 3)))
+
+
+def test_sufficient_size_refuses_nan_and_negative_values() -> None:
+    k = np.arange(2, 1001).astype(float)
+    value = 100.0 / k**2
+    assert sufficient_size(_curve(value), 1e-2).k_star == 100
+    nan = value.copy()
+    nan[k == 150] = np.nan  # counted as "above" it would move k* to 151
+    with pytest.raises(
+        ValueError,
+        match=r"curve.value holds 1 NaN or infinite entry \(first: nan at k = 150\)"
+        r": expected finite values >= 0",
+    ):
+        sufficient_size(_curve(nan), 1e-2)
+    inf = value.copy()
+    inf[[10, 20]] = np.inf
+    with pytest.raises(ValueError, match="2 NaN or infinite entries"):
+        sufficient_size(_curve(inf), 1e-2)
+    negative = value.copy()
+    negative[k >= 500] *= -1.0
+    with pytest.raises(ValueError, match=r"curve.value holds 501 negative entries"):
+        sufficient_size(_curve(negative), 1e-2)
+    with pytest.raises(ValueError, match=r"curve.se holds 1 negative entry"):
+        sufficient_size(_curve(value, se=np.where(k == 3, -1.0, 0.0)), 1e-2)
+    per = np.stack([value, value])
+    per[1, 7] = np.nan
+    with pytest.raises(ValueError, match=r"curve.per_ordering holds 1 NaN .* k = 9\)"):
+        sufficient_size(_curve(value, per=per), 1e-2)
+
+
+def test_sufficient_size_refuses_non_increasing_k() -> None:
+    k = np.arange(2, 1001)
+    value = 100.0 / k.astype(float) ** 2
+    backwards = DeltaCurve(k[::-1], value, np.zeros_like(value), value[None])
+    with pytest.raises(
+        ValueError,
+        match=r"curve.k must be strictly increasing dataset sizes >= 1 .* got "
+        r"k\[1\] = 999 after k\[0\] = 1000; sort the curve by k",
+    ):
+        sufficient_size(backwards, 1e-2)
+    repeated = np.where(k == 5, 4, k)
+    with pytest.raises(ValueError, match=r"k\[3\] = 4 after k\[2\] = 4"):
+        sufficient_size(DeltaCurve(repeated, value, 0 * value, value[None]), 1e-2)
+    with pytest.raises(ValueError, match=r"got k\[0\] = 0"):
+        sufficient_size(DeltaCurve(k - 2, value, 0 * value, value[None]), 1e-2)
+
+
+def test_zero_orderings() -> None:
+    k = np.arange(2, 1001)
+    value = 100.0 / k.astype(float) ** 2
+    curve = DeltaCurve(k, value, np.zeros_like(value), np.empty((0, k.size)))
+    with pytest.raises(
+        ValueError,
+        match=r"curve has no orderings \(per_ordering of shape \(0, 999\)\): .* "
+        r"or pass value\[None\] as per_ordering",
+    ):
+        sufficient_size(curve, 1e-2)
+    slopes = ordering_slopes(curve)
+    assert slopes.shape == (0,)
+
+
+def test_ordering_slopes_refuses_bad_curves() -> None:
+    k = np.arange(2, 1001)
+    value = 100.0 / k.astype(float) ** 2
+    per = np.stack([value, value])
+    per[0, 500] = np.nan  # would be dropped from the fit silently
+    with pytest.raises(ValueError, match="curve.per_ordering holds 1 NaN"):
+        ordering_slopes(DeltaCurve(k, value, 0 * value, per))
+    per[0, 500] = -1.0  # would be dropped from the fit silently
+    with pytest.raises(ValueError, match="curve.per_ordering holds 1 negative"):
+        ordering_slopes(DeltaCurve(k, value, 0 * value, per))
+    with pytest.raises(ValueError, match="curve.k must be strictly increasing"):
+        ordering_slopes(DeltaCurve(k[::-1], value, 0 * value, value[None]))

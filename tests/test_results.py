@@ -490,3 +490,118 @@ def test_trend_p_value_for_many_pairs_is_scipys():
     assert perfect.rho == pytest.approx(1.0)
     assert perfect.pvalue == pytest.approx(1 / 12)
     assert perfect.verdict(+1) == "same sign, not significant"
+
+
+# ------------------------------------------------ one threshold, one row per cell
+
+
+def test_trend_refuses_rows_of_several_thresholds(tiny_run):
+    _, run = tiny_run
+    rows = tables.select(run.rows, grid="width")  # 3 cells x 3 thresholds
+    with pytest.raises(ValueError) as err:
+        trends.trend(rows, "width", "delta_at_100")
+    msg = str(err.value)
+    assert msg.startswith("trend got rows of 3 thresholds (0.001, 1e-05, 1e-07)")
+    assert "each cell would count once per threshold" in msg
+    assert msg.endswith("e.g. tables.select(rows, threshold=1e-07)")
+    one = tables.select(rows, threshold=1e-5)
+    (tr,) = trends.trend(one, "width", "delta_at_100")
+    assert tr.n == 3
+    with pytest.raises(ValueError, match=r"trend got cell \w+ in 2 rows \(and 2 more"):
+        trends.trend(one + one, "width", "delta_at_100")
+
+
+def test_trend_cell_check_needs_a_cell_column():
+    # hand-made rows without a cell or threshold column are not checked
+    rows = [{"dataset": "a", "width": w, "delta_at_100": 1.0 / w} for w in (1, 2, 3)]
+    (tr,) = trends.trend(rows + rows, "width", "delta_at_100")
+    assert tr.n == 6
+
+
+def test_status_counts_only_cells_of_the_sweep_file(tiny_run, tmp_path):
+    _, run = tiny_run
+    main_only = TINY[: TINY.index("  - name: width")]
+    (tmp_path / "main.yaml").write_text(main_only)
+    spec = load_sweep_config(tmp_path / "main.yaml")
+    sub = results.load_run(run.out, spec)
+    width_cells = {r["cell"] for r in run.rows if r["grid"] == "width"}
+    one = sorted(width_cells)[0]
+    rows = [r | {"status": "failed: nan"} if r["cell"] == one else r for r in sub.rows]
+    sub = _copy(sub, rows)
+    assert (sub.n_total, sub.n_finished, sub.n_ok, sub.n_failed) == (4, 4, 4, 0)
+    assert sub.n_other == 3
+    assert sub.status() == (
+        "4 of 4 cells finished (4 ok, 0 failed); the tables also hold 3 cell(s) "
+        "that are not in the sweep file (2 ok, 1 failed), not counted here"
+    )
+    assert sub.admonition().startswith("```{note}\nThe sweep is complete: 4 of 4")
+    assert run.n_other == 0 and "also hold" not in run.status()
+    # without a sweep file every finished cell counts
+    free = results.SweepRun(run.out, rows)
+    assert (free.n_total, free.n_ok, free.n_failed, free.n_other) == (7, 6, 1, 0)
+
+
+def test_read_results_keeps_large_integers_exact(tmp_path):
+    row = {c: "" for c in RESULT_COLUMNS} | {"seed": str(2**60 + 1), "m": "200.0"}
+    with (tmp_path / "r.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerow(row)
+    (got,) = results.read_results(tmp_path / "r.csv")
+    assert got["seed"] == 2**60 + 1 and got["m"] == 200
+
+
+def _failed_row(tmp_path: Path, **fields: str) -> dict:
+    """A row as lsutils.sweep writes it for a failed cell, read back."""
+    row = {c: "" for c in RESULT_COLUMNS} | {
+        "grid": "main", "cell": "abc", "dataset": "mnist", "model": "cnn",
+        "m": "200", "d": "1", "sampler": "gaussian", "sigma": "0.01",
+        "samples": "16", "orderings": "2", "seed": "0", "threshold": "1e-05",
+        "status": "failed: loss is nan",
+    } | fields  # fmt: skip
+    path = tmp_path / "failed.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerow(row)
+    (got,) = results.read_results(path)
+    return got
+
+
+def test_cell_table_names_its_threshold_and_refuses_several(tiny_run):
+    _, run = tiny_run
+    with pytest.raises(ValueError, match="cell_table got rows of 3 thresholds"):
+        tables.cell_table(tables.select(run.rows, grid="main"))
+    rows = tables.select(run.rows, threshold=1e-5)
+    head = tables.cell_table(rows).splitlines()[0]
+    assert "| k* (\u0394 = 1e-05) |" in head
+    with pytest.raises(ValueError, match=r"cell_table got cell \w+ in 2 rows"):
+        tables.cell_table(rows + rows[:1])
+
+
+def test_cell_table_shows_failed_and_missing_values_cleanly(tiny_run, tmp_path):
+    _, run = tiny_run
+    failed = _failed_row(tmp_path)
+    line = tables.cell_table([failed]).splitlines()[2]
+    assert line == "| mnist | cnn | \u2013 | 1 | gaussian | 0.01 | failed | " + (
+        "\u2013 | \u2013 | \u2013 |"
+    )
+    assert "nan" not in line
+    # the full sampler has no closed form: a dash, not "nan"
+    full = tables.select(run.rows, sampler="full", threshold=1e-5)
+    text = tables.cell_table(full)
+    assert "nan" not in text and text.splitlines()[2].endswith("| \u2013 |")
+
+
+def test_summary_table_counts_distinct_cells(tiny_run):
+    _, run = tiny_run
+    every = tables.select(run.rows, grid="main")  # 4 cells x 3 thresholds
+    one = tables.select(every, threshold=1e-5)
+    text = tables.summary_table(every, by=("grid",), columns=("slope",))
+    assert text == tables.summary_table(one, by=("grid",), columns=("slope",))
+    assert "| main | 4 |" in text
+    with pytest.raises(ValueError, match="summary_table of k_star got rows of 3"):
+        tables.summary_table(every, by=("grid",), columns=("slope", "k_star"))
+    assert "| main | 4 |" in tables.summary_table(
+        one, by=("grid",), columns=("k_star",)
+    )
