@@ -445,6 +445,11 @@ def _write_tables(
             if "k_star_window_complete" not in row and ks not in (None, ""):
                 # cells written before the column existed (same default rule)
                 row["k_star_window_complete"] = window_complete(int(ks), int(row["m"]))
+            ext = row.get("k_star_extrapolated")
+            if ext not in (None, "") and float(ext) <= int(row["m"]):
+                # cells written before sufficient_size kept only crossings
+                # beyond m: a crossing within the curve is no extrapolation
+                row["k_star_extrapolated"] = None
         rows.extend(rec["rows"])
         if rec["curve"] is None:
             n_failed += 1

@@ -521,3 +521,16 @@ def test_damaged_cache_is_recomputed_and_failed_cells_retried(tmp_path, caplog):
     assert main(["-q", "sweep", "--config", str(spec.path), "--out", str(out),
                  "--retry-failed", "--no-progress"]) == 0  # fmt: skip
     assert json.loads(cid.read_text())["curve"] is not None
+
+
+def test_rebuild_drops_old_extrapolations_within_the_curve(finished, tmp_path):
+    out = _copy(finished, tmp_path / "out")
+    path = next((out / "cells").glob("*.json"))
+    rec = json.loads(path.read_text())
+    m = rec["rows"][0]["m"]
+    for row, ext in zip(rec["rows"], (m / 2, 3.0 * m), strict=False):
+        row.update(k_star=None, k_star_reached=False, k_star_extrapolated=ext)
+    path.write_text(json.dumps(rec))
+    rebuild_tables(finished[1], out)
+    rows = [r for r in _rows(out) if r["cell"] == path.stem]
+    assert [r["k_star_extrapolated"] for r in rows] == ["", str(3.0 * m)]
