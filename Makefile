@@ -87,6 +87,7 @@ book: status  ## Execute the notebooks and build the HTML book in _build/html
 lint: $(STAMP)  ## ruff check and format check (Python files and notebooks)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/python tools/architecture.py --check
 
 format: $(STAMP)  ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
