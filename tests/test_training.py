@@ -151,3 +151,14 @@ def test_accuracy_eval_mode_and_chunks(mnist_small: Dataset) -> None:
     assert a == b  # dropout is off in eval mode, chunks do not matter
     with pytest.raises(ValueError, match="chunk_size=0 is out of range"):
         accuracy(model, mnist_small.X, mnist_small.y, chunk_size=0)
+
+
+def test_initial_loss_leaves_batchnorm_statistics_alone() -> None:
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 1, 4, 4) * 3 + 5, torch.arange(64) % 3
+    bn = nn.BatchNorm1d(16)
+    model = nn.Sequential(nn.Flatten(), bn, nn.Linear(16, 3))
+    train(model, X, y, epochs=1, batch_size=64, lr=1e-9, seed=0)
+    # one training batch updates the statistics once; the passes that measure
+    # the initial and final loss run in eval mode and must not
+    assert int(bn.num_batches_tracked) == 1
