@@ -47,12 +47,6 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-with warnings.catch_warnings():
-    # curvlinops imports linear_operator, which calls torch.jit.script at import
-    # time; torch 2.14 deprecates it. Nothing a user of lsutils can act on.
-    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-    from curvlinops import GGNLinearOperator
-
 from lsutils._checks import check_int_range, check_positive_float
 from lsutils.hessian import (
     Eigenpairs,
@@ -65,6 +59,14 @@ from lsutils.hessian import (
 )
 from lsutils.models import check_backpack_extendable
 from lsutils.params import ParamSpec
+
+_JIT_WARNING = "`torch.jit.script` is deprecated"
+
+with warnings.catch_warnings():
+    # curvlinops imports linear_operator, which calls torch.jit.script at import
+    # time; torch 2.14 deprecates it. Nothing a user of lsutils can act on.
+    warnings.filterwarnings("ignore", _JIT_WARNING, FutureWarning)
+    from curvlinops import GGNLinearOperator
 
 __all__ = ["diag_ggn", "diag_hessian", "ggn_operator", "ggn_top_eigenpairs", "MAX_GRAM"]
 
@@ -351,7 +353,11 @@ def ggn_top_eigenpairs(
         ggn_op = ggn_operator(model, X, y, chunk_size=free_chunk)
 
         def apply(v: Tensor) -> Tensor:
-            return ggn_op @ v
+            with warnings.catch_warnings():
+                # torch's forward-mode AD (the Jacobian-vector product) calls
+                # the deprecated torch.jit.script on first use; not ours to fix
+                warnings.filterwarnings("ignore", _JIT_WARNING, FutureWarning)
+                return ggn_op @ v
 
     if route != "dense":
         counter = [0]
