@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lsutils.data import DATASETS
 from lsutils.models import MODELS
-from lsutils.study import SAMPLERS, StudyConfig
+from lsutils.study import SAMPLERS, SEED_MAX, StudyConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -34,10 +34,8 @@ logger = logging.getLogger("lsutils")
 
 _DEFAULTS = StudyConfig()
 
-# Seeds are limited to ``0 <= seed < 2**63``: torch accepts seeds below
-# ``2**64`` and the study derives ``seed + 1`` and ``seed + 2`` from it, and
-# ``2**63`` keeps every seed a signed 64-bit integer wherever it is stored.
-_SEED_LIMIT = 2**63
+# Seeds are limited to ``0 <= seed < 2**63`` (see lsutils.study.SEED_MAX).
+_SEED_LIMIT = SEED_MAX + 1
 
 
 def _int_at_least(text: str, low: int) -> int:

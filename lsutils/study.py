@@ -49,6 +49,7 @@ __all__ = [
     "M_MIN",
     "SAMPLERS",
     "SCALES",
+    "SEED_MAX",
     "DeltaResult",
     "Prepared",
     "StudyConfig",
@@ -62,6 +63,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Largest seed, as on the command line: torch accepts seeds below 2**64 (the
+#: study also uses ``seed + 1`` and ``seed + 2``), and below 2**63 every seed
+#: is a signed 64-bit integer wherever it is stored.
+SEED_MAX = 2**63 - 1
 
 #: Study-level sampler names: (subspace kind, distribution of theta).
 SAMPLERS: dict[str, tuple[str, str]] = {
@@ -169,7 +175,7 @@ class StudyConfig:
                 "use m in the hundreds or more for a meaningful slope and k*",
             ),
             "d": check_int_range("d", self.d, 1),
-            "seed": check_int_range("seed", self.seed, 0),
+            "seed": check_int_range("seed", self.seed, 0, SEED_MAX),
         }
         for name in ("n_test", "samples", "orderings", "epochs", "batch_size"):
             values[name] = check_int_range(name, getattr(self, name), 1)

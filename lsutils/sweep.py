@@ -269,13 +269,7 @@ def _cell_record(
         ratio = float(np.median(mc.value[big] / result.taylor.value[big]))
     at100 = float(np.interp(100, mc.k, mc.value)) if c.m >= 100 else float("nan")
     common = {
-        "grid": grid, "cell": cid, "dataset": c.dataset, "model": c.model,
-        "hidden": "-".join(map(str, c.hidden)) if c.model == "mlp" else "",
-        "width": c.hidden[0] if c.model == "mlp" else "",
-        "depth": len(c.hidden) if c.model == "mlp" else "",
-        "channels": "-".join(map(str, c.channels)) if c.model == "cnn" else "",
-        "m": c.m, "d": c.d, "sampler": c.sampler, "sigma": c.sigma,
-        "samples": c.samples, "orderings": c.orderings, "seed": c.seed,
+        "grid": grid, "cell": cid, **_setting_columns(c),
         "slope": result.slope.slope, "slope_se": result.slope.slope_se,
         "mc_over_taylor": ratio, "delta_at_100": at100,
         "test_accuracy": result.test_accuracy, "train_loss": result.train_loss,
@@ -312,15 +306,24 @@ def _cell_record(
 def _failed_record(
     grid: str, cid: str, config: StudyConfig, thresholds: Sequence[float], err: str
 ) -> dict[str, Any]:
-    c = config
     base = {col: "" for col in RESULT_COLUMNS}
-    base.update(grid=grid, cell=cid, dataset=c.dataset, model=c.model, m=c.m,
-                d=c.d, sampler=c.sampler, sigma=c.sigma, samples=c.samples,
-                orderings=c.orderings, seed=c.seed,
-                hidden="-".join(map(str, c.hidden)) if c.model == "mlp" else "",
+    base.update(grid=grid, cell=cid, **_setting_columns(config),
                 status=f"failed: {err}")  # fmt: skip
     rows = [{**base, "threshold": t} for t in thresholds]
-    return {"rows": rows, "curve": None, "config": c.to_dict(), "grid": grid}
+    return {"rows": rows, "curve": None, "config": config.to_dict(), "grid": grid}
+
+
+def _setting_columns(c: StudyConfig) -> dict[str, Any]:
+    """The columns of ``results.csv`` that describe a cell's settings."""
+    mlp = c.model == "mlp"
+    return {
+        "dataset": c.dataset, "model": c.model,
+        "hidden": "-".join(map(str, c.hidden)) if mlp else "",
+        "width": c.hidden[0] if mlp else "", "depth": len(c.hidden) if mlp else "",
+        "channels": "" if mlp else "-".join(map(str, c.channels)),
+        "m": c.m, "d": c.d, "sampler": c.sampler, "sigma": c.sigma,
+        "samples": c.samples, "orderings": c.orderings, "seed": c.seed,
+    }  # fmt: skip
 
 
 def _now() -> str:

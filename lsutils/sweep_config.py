@@ -111,6 +111,11 @@ def load_sweep_config(path: Path | str) -> SweepSpec:
         name produce the same cell (it would run twice and give duplicate rows).
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"sweep config {path} is a folder, not a file: pass the YAML file "
+            "(an output folder keeps a copy as config.yaml)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} does not exist")
     text = path.read_text()

@@ -187,6 +187,12 @@ def test_d_too_large_is_checked_before_training(monkeypatch):
         run_delta(cfg)
 
 
+def test_config_seed_range():
+    assert StudyConfig(seed=2**63 - 1).seed == 2**63 - 1
+    with pytest.raises(ValueError, match=r"seed=9223372036854775808 is out of range"):
+        StudyConfig(seed=2**63)
+
+
 def test_run_delta_diverged_training_raises():
     cfg = StudyConfig(**{**TINY, "lr": 1e6})
     with pytest.raises(ValueError, match=r"training diverged: .* lower lr"):

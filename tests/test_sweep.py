@@ -534,3 +534,23 @@ def test_rebuild_drops_old_extrapolations_within_the_curve(finished, tmp_path):
     rebuild_tables(finished[1], out)
     rows = [r for r in _rows(out) if r["cell"] == path.stem]
     assert [r["k_star_extrapolated"] for r in rows] == ["", str(3.0 * m)]
+
+
+def test_failed_rows_describe_their_network(tmp_path):
+    text = (
+        SWEEP.replace("epochs: 2,", "epochs: 2, lr: 1.0e+30,")
+        .replace("model: [mlp]", "model: [cnn]")
+        .replace("[gaussian, random]", "[gaussian]")
+    )
+    out = tmp_path / "out"
+    run_sweep(_spec(tmp_path, text), out, progressbar=False)
+    rows = _rows(out)
+    assert rows and all(r["status"].startswith("failed: ") for r in rows)
+    assert {(r["channels"], r["hidden"], r["width"]) for r in rows} == {
+        ("8-16", "", "")
+    }
+
+
+def test_sweep_config_that_is_a_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        load_sweep_config(tmp_path)
