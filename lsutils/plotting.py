@@ -748,10 +748,11 @@ def plot_heatmap(
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.grid(False)
-    mid = norm(np.sqrt(lo * hi) if log else (lo + hi) / 2)
     for (i, j), v in np.ndenumerate(arr):
         text = fmt.format(v) if np.isfinite(v) else "\u2013"
-        dark = np.isfinite(v) and norm(v) < mid
+        # the lower half of viridis is dark: white text there (also when every
+        # entry is equal and sits at the bottom of the scale)
+        dark = np.isfinite(v) and float(norm(v)) < 0.5
         ax.text(
             j, i, text, ha="center", va="center", fontsize=7, color="w" if dark else "k"
         )

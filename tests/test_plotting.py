@@ -353,6 +353,20 @@ def test_plot_heatmap_annotations_and_ticks():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "10"]
 
 
+def test_plot_heatmap_text_is_readable_on_dark_cells():
+    from matplotlib.colors import to_rgb
+
+    colours = {
+        log: [to_rgb(t.get_color()) for t in plotting.plot_heatmap(
+            np.array([[10.0, 1000.0]]), "r", "c", log=log).texts]
+        for log in (False, True)
+    }  # fmt: skip
+    assert colours[False] == colours[True] == [(1.0, 1.0, 1.0), (0.0, 0.0, 0.0)]
+    # every entry equal: all cells take the dark bottom colour
+    ax = plotting.plot_heatmap(np.full((2, 2), 559.0), "r", "c", log=True)
+    assert {to_rgb(t.get_color()) for t in ax.texts} == {(1.0, 1.0, 1.0)}
+
+
 @pytest.mark.parametrize(
     ("table", "kwargs", "match"),
     [
