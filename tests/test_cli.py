@@ -9,19 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_study import SWEEP  # the tiny two-cell sweep of the sweep tests
 
 from lsutils.cli import build_parser, main
-
-SWEEP = """
-base: {m: 200, n_test: 100, samples: 16, orderings: 2, epochs: 2, sigma: 0.01}
-thresholds: [1.0e-4, 1.0e-6]
-grids:
-  - name: main
-    dataset: [mnist]
-    model: [mlp]
-    d: [1, 2]
-    sampler: [gaussian, random]
-"""
 
 
 def _cli(args, capsys):
