@@ -19,6 +19,7 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_int_range",
+    "check_labels",
     "check_positive_float",
 ]
 
@@ -215,3 +216,21 @@ def check_finite(name: str, tensor: torch.Tensor, hint: str = "") -> torch.Tenso
         msg = f"{name} has {n_bad} non-finite value(s) out of {tensor.numel()}"
         raise ValueError(f"{msg}. {hint}" if hint else msg)
     return tensor
+
+
+def check_labels(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Return ``y`` if every label indexes one of a model's ``n_classes`` outputs.
+
+    Raises
+    ------
+    ValueError
+        If a label is negative or ``>= n_classes``; the message gives the range
+        found.
+    """
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(
+            f"labels must lie in 0..{n_classes - 1} for a model with {n_classes} "
+            f"outputs, got labels from {int(y.min())} to {int(y.max())}; check "
+            "the data or the size of the last layer"
+        )
+    return y

@@ -77,15 +77,26 @@ MAX_GRAM = 4096
 eigendecomposition (of ``V^T V`` or ``V V^T``) instead of Lanczos."""
 
 
+def _checked_copy(model: nn.Module, X: Tensor, y: Tensor) -> tuple[nn.Module, int]:
+    """Check ``model`` against ``(X, y)``; return a float64 deep copy and ``C``.
+
+    Every route of this module starts here (after :func:`check_data`): eval
+    mode, every parameter used by the loss, labels within the ``C`` outputs.
+    """
+    check_eval_mode(model)
+    check_params_used_by_loss(model, X, y)
+    net = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad():
+        n_classes = int(net(X[:1].to(torch.float64)).shape[1])
+    check_labels(y, n_classes)
+    return net, n_classes
+
+
 def _extended_copy(model: nn.Module, X: Tensor, y: Tensor, extension: str) -> nn.Module:
     """Validate, then return a float64 deep copy of ``model`` extended by BackPACK."""
     check_data(X, y)
     check_backpack_extendable(model, extension)
-    check_params_used_by_loss(model, X, y)
-    net = extend(copy.deepcopy(model).to(torch.float64))
-    with torch.no_grad():
-        check_labels(y, net(X[:1].to(torch.float64)))
-    return net
+    return extend(_checked_copy(model, X, y)[0])
 
 
 def _chunks(
@@ -227,12 +238,14 @@ def ggn_operator(
     """
     check_data(X, y)
     chunk_size = check_int_range("chunk_size", chunk_size, 1)
-    check_eval_mode(model)
-    check_params_used_by_loss(model, X, y)
-    net = copy.deepcopy(model).to(torch.float64)
-    with torch.no_grad():
-        check_labels(y, net(X[:1].to(torch.float64)))
-    names = ParamSpec.from_module(model).names
+    return _ggn_operator(_checked_copy(model, X, y)[0], X, y, chunk_size)
+
+
+def _ggn_operator(
+    net: nn.Module, X: Tensor, y: Tensor, chunk_size: int
+) -> GGNLinearOperator:
+    """:func:`ggn_operator` on a checked float64 copy ``net`` of the model."""
+    names = ParamSpec.from_module(net).names
     params = dict(net.named_parameters())
     data = [
         (Xc.to(torch.float64), yc)
@@ -301,12 +314,7 @@ def ggn_top_eigenpairs(
     chunk_size = check_int_range("chunk_size", chunk_size, 1)
     tol = check_positive_float("tol", tol, allow_zero=True)
     memory_budget = check_int_range("memory_budget", memory_budget, 1)
-    check_eval_mode(model)
-    check_params_used_by_loss(model, X, y)
-    with torch.no_grad():
-        out = copy.deepcopy(model).to(torch.float64)(X[:1].to(torch.float64))
-    check_labels(y, out)
-    n_classes = int(out.shape[1])
+    net, n_classes = _checked_copy(model, X, y)
     rank = m * (n_classes - 1)
     d = check_int_range(
         "d",
@@ -324,7 +332,8 @@ def ggn_top_eigenpairs(
     n_matvec = 0
 
     if bytes_v <= memory_budget:
-        net = _extended_copy(model, X, y, "SqrtGGNExact")  # needs BackPACK
+        check_backpack_extendable(model, "SqrtGGNExact")  # V needs BackPACK
+        net = extend(net)
         V = torch.cat(list(_sqrt_blocks(net, X, y, chunk_size)), dim=1)
 
         def apply(v: Tensor) -> Tensor:
@@ -350,7 +359,7 @@ def ggn_top_eigenpairs(
             "V would take %.2f GiB > memory_budget=%.2f GiB: GGN products are "
             "matrix-free (curvlinops)", bytes_v / 2**30, memory_budget / 2**30,
         )  # fmt: skip
-        ggn_op = ggn_operator(model, X, y, chunk_size=free_chunk)
+        ggn_op = _ggn_operator(net, X, y, free_chunk)
 
         def apply(v: Tensor) -> Tensor:
             with warnings.catch_warnings():

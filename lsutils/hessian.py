@@ -80,6 +80,7 @@ from lsutils._checks import (
     check_choice,
     check_finite,
     check_int_range,
+    check_labels,
     check_positive_float,
 )
 from lsutils.params import ParamSpec, flat_params
@@ -205,18 +206,6 @@ def _forward(model: nn.Module, state: dict[str, Tensor], X: Tensor) -> Tensor:
     return out
 
 
-def check_labels(y: Tensor, out: Tensor) -> Tensor:
-    """Return ``y`` if every label indexes one of the ``C`` columns of ``out``."""
-    n_classes = out.shape[1]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(
-            f"labels must lie in 0..{n_classes - 1} for a model with {n_classes} "
-            f"outputs, got labels from {int(y.min())} to {int(y.max())}; check "
-            "the data or the size of the last layer"
-        )
-    return y
-
-
 def check_params_used_by_loss(model: nn.Module, X: Tensor, y: Tensor) -> None:
     """Raise ``ValueError`` naming parameters that get no gradient from the loss.
 
@@ -294,7 +283,7 @@ class HessianOperator(LinearOperator):
         with torch.enable_grad():
             Xc = Xc.to(self._device, self._dtype)
             out = _forward(self._model, {**self._buffers, **named}, Xc)
-            yc = check_labels(yc.to(self._device), out)
+            yc = check_labels(yc.to(self._device), out.shape[1])
             loss = F.cross_entropy(out, yc, reduction="sum") / self._m
             grads = torch.autograd.grad(
                 loss, leaves, create_graph=True, allow_unused=True

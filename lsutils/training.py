@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lsutils._checks import check_finite, check_int_range, check_positive_float
+from lsutils._checks import (
+    check_finite,
+    check_int_range,
+    check_labels,
+    check_positive_float,
+)
 
 __all__ = ["TrainResult", "accuracy", "train"]
 
@@ -265,11 +270,7 @@ def train(
     model.eval()  # probe the output size without touching BatchNorm statistics
     with torch.no_grad():
         num_classes = model(X[:1]).shape[-1]
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ValueError(
-            f"labels must lie in 0..{num_classes - 1} (the model has {num_classes} "
-            f"outputs), got labels from {int(y.min())} to {int(y.max())}"
-        )
+    check_labels(y, num_classes)
 
     m = X.shape[0]
     chunk = 2048
