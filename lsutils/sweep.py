@@ -37,7 +37,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -525,23 +525,12 @@ def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -
     os.replace(tmp, path)
 
 
-def _pending(
-    out: Path, spec: SweepSpec, retry_failed: bool = False
-) -> Iterator[tuple[str, str, StudyConfig]]:
-    """Cells without a record (and, with ``retry_failed``, the failed ones)."""
-    for grid, cfg in spec.cells:
-        cid = cell_id(grid, cfg)
-        path = out / "cells" / f"{cid}.json"
-        if not path.exists() or (retry_failed and _failed(path)):
-            yield grid, cid, cfg
-
-
-def _failed(path: Path) -> bool:
-    """Whether the cell file records a failure (no curve)."""
-    try:
-        return json.loads(path.read_text()).get("curve") is None
-    except (OSError, ValueError):
-        return True  # unreadable: run it again
+def _in_order(
+    spec: SweepSpec, found: Mapping[str, dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The records of ``found`` as ``(cell id, record)`` in the order of ``spec``."""
+    ids = (cell_id(grid, cfg) for grid, cfg in spec.cells)
+    return [(cid, found[cid]) for cid in ids if cid in found]
 
 
 def rebuild_tables(spec: SweepSpec, out: Path | str) -> str:
@@ -668,14 +657,22 @@ def run_sweep(
         return rebuild_tables(spec, out)
     if limit is not None:
         limit = check_int_range("limit", limit, 0)
+    # The finished cells, read once and kept up to date below.
+    found = dict(_read_cells(out, spec))
     # Before anything is written: refuse to mix settings with finished cells.
-    _check_recorded_settings(spec, out, _read_cells(out, spec))
+    _check_recorded_settings(spec, out, _in_order(spec, found))
     (out / "cells").mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
     _atomic_write(out / "config.yaml", spec.source)
     versions = package_versions()
-    _write_versions(out, versions, _read_cells(out, spec))
-    todo = list(_pending(out, spec, retry_failed))
+    _write_versions(out, versions, _in_order(spec, found))
+    todo = [
+        (grid, cid, cfg)
+        for grid, cfg in spec.cells
+        for cid in [cell_id(grid, cfg)]
+        # a failed cell (no curve) is a result: run again only on request
+        if cid not in found or (retry_failed and found[cid]["curve"] is None)
+    ]
     skipped = len(spec.cells) - len(todo)
     if limit is not None:
         todo = todo[:limit]
@@ -715,13 +712,12 @@ def run_sweep(
         rec["curve_points"] = spec.curve_points
         rec["provenance"] = {**versions, "date": _now()}
         _atomic_write(out / "cells" / f"{cid}.json", json.dumps(rec))
-        records = _read_cells(out, spec)
-        _write_tables(out, records)
-        _write_versions(out, versions, records)
-    records = _read_cells(out, spec)
-    n_ok, n_failed = _write_tables(out, records)
-    _write_versions(out, versions, records)
-    remaining = len(list(_pending(out, spec)))
+        found[cid] = rec
+        _write_tables(out, _in_order(spec, found))
+        _write_versions(out, versions, _in_order(spec, found))
+    n_ok, n_failed = _write_tables(out, _in_order(spec, found))
+    _write_versions(out, versions, _in_order(spec, found))
+    remaining = len(spec.cells) - len(found)
     retry = (
         " (rerun with --retry-failed to run the failed cells again)" if n_failed else ""
     )
