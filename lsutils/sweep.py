@@ -56,6 +56,7 @@ from lsutils.study import (
     StudyConfig,
     make_subspace,
     prepare,
+    prepare_fields,
     run_delta,
 )
 from lsutils.sweep_config import (
@@ -87,9 +88,7 @@ RESULT_COLUMNS = (
 
 def _model_key(config: StudyConfig) -> str:
     """Identifier of the trained network a cell needs (shared across cells)."""
-    keep = ("dataset", "model", "hidden", "channels", "m", "n_test", "split",
-            "data_root", "epochs", "lr", "batch_size", "seed")  # fmt: skip
-    blob = json.dumps({k: config.to_dict()[k] for k in keep}, sort_keys=True)
+    blob = json.dumps(prepare_fields(config), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
